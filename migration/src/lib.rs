@@ -1,0 +1,24 @@
+//! Pulse's schema migrations, one module per migration, never edited once
+//! landed. The app crate runs them on `serve` and `migrate`; this crate never
+//! imports the app.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_tenants;
+mod m20261122_000002_create_users;
+mod m20261122_000003_create_audit_log;
+mod m20261122_000004_enable_row_level_security;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261122_000001_create_tenants::Migration),
+            Box::new(m20261122_000002_create_users::Migration),
+            Box::new(m20261122_000003_create_audit_log::Migration),
+            Box::new(m20261122_000004_enable_row_level_security::Migration),
+        ]
+    }
+}

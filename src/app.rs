@@ -1,0 +1,188 @@
+//! The application: shared state, start-up and graceful shutdown.
+//!
+//! [`Application::build`] connects, migrates and binds (port 0 picks a free
+//! one), so tests spawn the same server `pulse serve` runs.
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+
+use crate::auth::jwt::{self, JwtKeys};
+use crate::config::Config;
+use crate::telemetry::Metrics;
+use crate::{db, graphql, http};
+
+/// Everything a request may need, built once; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<App>);
+
+pub struct App {
+    pub config: Config,
+    pub db: DatabaseConnection,
+    /// `None` without `PULSE_REDIS_URL`.
+    pub redis: Option<redis::aio::ConnectionManager>,
+    pub keys: JwtKeys,
+    pub metrics: Metrics,
+}
+
+impl Deref for AppState {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Connects to the database (and Redis) and applies migrations.
+    pub async fn connect(config: Config) -> anyhow::Result<Self> {
+        let db = db::connect(&config.database)
+            .await
+            .with_context(|| format!("cannot open database {}", redact(&config.database.url)))?;
+        db::migrate(&db).await.context("cannot apply migrations")?;
+        let redis = match &config.redis_url {
+            Some(url) => Some(connect_redis(url).await?),
+            None => None,
+        };
+        let (secret, dev_secret) =
+            jwt::resolve_secret(&config.jwt).context("cannot read or create the dev JWT secret")?;
+        if dev_secret {
+            tracing::warn!(
+                file = jwt::DEV_SECRET_FILE,
+                "PULSE_JWT_SECRET is not set: using a generated development secret"
+            );
+        }
+        let keys = JwtKeys::new(&secret, &config.jwt);
+        Ok(AppState(Arc::new(App {
+            config,
+            db,
+            redis,
+            keys,
+            metrics: Metrics::new(),
+        })))
+    }
+}
+
+async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(url).with_context(|| format!("invalid Redis URL {}", redact(url)))?;
+    tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out"))
+        .and_then(|r| r.map_err(Into::into))
+        .with_context(|| format!("cannot reach Redis at {}", redact(url)))
+}
+
+/// A URL fit for logs: the password replaced.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A bound, ready-to-run server.
+pub struct Application {
+    pub state: AppState,
+    listener: TcpListener,
+    router: axum::Router,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let listen = config.listen;
+        let state = AppState::connect(config).await?;
+        Self::with_state(state, listen).await
+    }
+
+    pub async fn with_state(state: AppState, listen: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let schema = graphql::build(Some(state.clone()), &state.config.limits);
+        let router = http::router(state.clone(), schema);
+        Ok(Application {
+            state,
+            listener,
+            router,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets
+    /// in-flight requests finish for up to the grace period, and closes the
+    /// database pool.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let grace = self.state.config.shutdown_grace;
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight requests");
+            let _ = stopping_tx.send(());
+        });
+        let deadline = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let result = tokio::select! {
+            r = server => r,
+            () = deadline => {
+                tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests outlived the grace period");
+                Ok(())
+            }
+        };
+        if let Err(e) = self.state.db.close_by_ref().await {
+            tracing::warn!(error = %e, "closing the database pool");
+        }
+        result
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

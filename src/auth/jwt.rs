@@ -1,0 +1,240 @@
+//! HS256 tokens: minting and verification.
+//!
+//! Only HS256 is accepted (so `alg: none` and key-confusion tricks fail),
+//! `exp` is required with a small leeway, and `iss`/`aud` are checked when
+//! configured. Without `PULSE_JWT_SECRET`, a random development secret is
+//! kept in a file so that `pulse serve` and `pulse token` agree on one
+//! machine.
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use super::Role;
+use crate::config::JwtConfig;
+
+/// Where the development secret lives, relative to the working directory.
+pub const DEV_SECRET_FILE: &str = ".pulse-dev-secret";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// User id or email.
+    pub sub: String,
+    /// Tenant slug.
+    pub tenant: String,
+    pub role: Role,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token")]
+    Invalid,
+}
+
+/// The keys and rules for tokens, built once at start-up.
+#[derive(Clone)]
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl JwtKeys {
+    pub fn new(secret: &[u8], config: &JwtConfig) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = config.leeway.as_secs();
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &config.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &config.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        JwtKeys {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+        }
+    }
+
+    pub fn mint(
+        &self,
+        sub: &str,
+        tenant: &str,
+        role: Role,
+        ttl: Duration,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = now_secs();
+        let claims = Claims {
+            sub: sub.to_owned(),
+            tenant: tenant.to_owned(),
+            role,
+            exp: now + ttl.as_secs(),
+            iat: Some(now),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        use jsonwebtoken::errors::ErrorKind;
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The configured secret, or the development secret from [`DEV_SECRET_FILE`]
+/// (created with 32 random bytes when missing). Returns whether the
+/// development secret was used, so `serve` can warn.
+pub fn resolve_secret(config: &JwtConfig) -> std::io::Result<(Vec<u8>, bool)> {
+    if let Some(secret) = &config.secret {
+        return Ok((secret.as_bytes().to_vec(), false));
+    }
+    Ok((dev_secret(Path::new(DEV_SECRET_FILE))?, true))
+}
+
+fn dev_secret(path: &Path) -> std::io::Result<Vec<u8>> {
+    match std::fs::read_to_string(path) {
+        Ok(existing) if existing.trim().len() >= 32 => return Ok(existing.trim().as_bytes().into()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    write_private(path, &secret)?;
+    Ok(secret.into_bytes())
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}
+
+/// Parses a duration such as `30s`, `15m`, `1h`, `7d`.
+pub fn parse_ttl(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{raw}` lacks a unit (s, m, h or d)"))?;
+    let (digits, unit) = raw.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a duration like 30s, 15m, 1h or 7d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("`{raw}`: unknown unit `{unit}` (s, m, h or d)")),
+    };
+    if secs == 0 {
+        return Err("a token must live longer than 0s".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> JwtConfig {
+        JwtConfig {
+            secret: Some("test-secret-test-secret-test-secret".into()),
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn a_minted_token_verifies_with_its_claims() {
+        let keys = JwtKeys::new(b"test-secret", &config());
+        let token = keys
+            .mint("a@b.c", "acme", Role::Editor, Duration::from_secs(60))
+            .expect("mint");
+        let claims = keys.verify(&token).expect("verify");
+        assert_eq!(
+            (claims.sub.as_str(), claims.tenant.as_str(), claims.role),
+            ("a@b.c", "acme", Role::Editor)
+        );
+    }
+
+    #[test]
+    fn another_secret_or_a_configured_issuer_rejects_the_token() {
+        let keys = JwtKeys::new(b"one", &config());
+        let token = keys
+            .mint("u", "acme", Role::Viewer, Duration::from_secs(60))
+            .expect("mint");
+        assert!(JwtKeys::new(b"two", &config()).verify(&token).is_err());
+        let strict = JwtConfig {
+            issuer: Some("pulse".into()),
+            ..config()
+        };
+        assert!(JwtKeys::new(b"one", &strict).verify(&token).is_err());
+    }
+
+    #[test]
+    fn ttls_parse_with_units() {
+        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("30s"), Ok(Duration::from_secs(30)));
+        assert!(parse_ttl("10").is_err());
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("5y").is_err());
+    }
+
+    #[test]
+    fn the_dev_secret_is_created_once_and_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("secret");
+        let first = dev_secret(&path).expect("create");
+        let second = dev_secret(&path).expect("reuse");
+        assert_eq!(first, second);
+        assert!(first.len() >= 32);
+    }
+}

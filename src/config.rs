@@ -1,0 +1,309 @@
+//! Every setting Pulse reads, parsed and validated once at start-up.
+//!
+//! Settings come from `PULSE_*` environment variables (see API.md), looked
+//! up through a function so tests can build a `Config` without touching the
+//! process environment. A bad value is a [`ConfigError`] naming the variable;
+//! `main` prints it as one line and exits non-zero.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use url::Url;
+
+/// The embedded default: a SQLite file in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://pulse.db?mode=rwc";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {var}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database: DatabaseConfig,
+    /// `None`: in-process cache and bus.
+    pub redis_url: Option<String>,
+    pub jwt: JwtConfig,
+    pub log: LogConfig,
+    pub limits: Limits,
+    /// Seed the demo tenants into an empty database on start-up.
+    pub demo: bool,
+    /// How long shutdown waits for in-flight requests before giving up.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl DatabaseConfig {
+    pub fn is_postgres(&self) -> bool {
+        self.url.starts_with("postgres")
+    }
+}
+
+#[derive(Clone)]
+pub struct JwtConfig {
+    /// `None`: use the file-backed development secret (see `auth::jwt`).
+    pub secret: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp`.
+    pub leeway: Duration,
+}
+
+impl std::fmt::Debug for JwtConfig {
+    // The secret never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("secret", &self.secret.as_ref().map(|_| "[redacted]"))
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub filter: String,
+    pub json: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest accepted request body, in bytes.
+    pub body_bytes: usize,
+    /// Deepest accepted GraphQL selection.
+    pub max_depth: usize,
+    /// Largest accepted GraphQL complexity (connections count `first` times).
+    pub max_complexity: usize,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (the environment, or a test's map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let explicit_db = get("PULSE_DATABASE_URL");
+        let database_url = explicit_db
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        validate_database_url(&database_url)?;
+
+        let redis_url = get("PULSE_REDIS_URL");
+        if let Some(url) = &redis_url {
+            validate_redis_url(url)?;
+        }
+
+        let listen_raw = get("PULSE_LISTEN").unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_raw
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("PULSE_LISTEN", &listen_raw, e))?;
+
+        let log_filter = get("PULSE_LOG").unwrap_or_else(|| "info".to_owned());
+        validate_log_filter(&log_filter)?;
+        let json = match get("PULSE_LOG_FORMAT").as_deref() {
+            None | Some("text") | Some("pretty") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(invalid("PULSE_LOG_FORMAT", other, "expected `text` or `json`"));
+            }
+        };
+
+        let demo_default = explicit_db.is_none();
+        let demo = match get("PULSE_DEMO") {
+            None => demo_default,
+            Some(v) => parse_bool("PULSE_DEMO", &v)?,
+        };
+
+        Ok(Config {
+            listen,
+            database: DatabaseConfig {
+                url: database_url,
+                max_connections: number(&get, "PULSE_DB_MAX_CONNECTIONS", 16, 1..=1000)?,
+            },
+            redis_url,
+            jwt: JwtConfig {
+                secret: get("PULSE_JWT_SECRET"),
+                issuer: get("PULSE_JWT_ISSUER"),
+                audience: get("PULSE_JWT_AUDIENCE"),
+                leeway: Duration::from_secs(number(&get, "PULSE_JWT_LEEWAY_SECS", 30, 0..=600)?),
+            },
+            log: LogConfig {
+                filter: log_filter,
+                json,
+            },
+            limits: Limits {
+                body_bytes: number(&get, "PULSE_BODY_LIMIT", 1 << 20, 1024..=(256 << 20))?,
+                max_depth: number(&get, "PULSE_MAX_DEPTH", 15, 2..=100)?,
+                max_complexity: number(&get, "PULSE_MAX_COMPLEXITY", 5_000, 10..=1_000_000)?,
+            },
+            demo,
+            // API.md promises exit within 10 s; leave room to close the pool.
+            shutdown_grace: Duration::from_secs(8),
+        })
+    }
+}
+
+fn invalid(var: &'static str, value: &str, reason: impl ToString) -> ConfigError {
+    ConfigError {
+        var,
+        value: value.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn number<T>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let Some(raw) = get(var) else {
+        return Ok(default);
+    };
+    let value: T = raw
+        .trim()
+        .parse()
+        .map_err(|_| invalid(var, &raw, "not a whole number"))?;
+    if !range.contains(&value) {
+        return Err(invalid(
+            var,
+            &raw,
+            format!("must be between {} and {}", range.start(), range.end()),
+        ));
+    }
+    Ok(value)
+}
+
+fn parse_bool(var: &'static str, raw: &str) -> Result<bool, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(invalid(var, raw, "expected 1/0, true/false")),
+    }
+}
+
+fn validate_database_url(raw: &str) -> Result<(), ConfigError> {
+    let url = Url::parse(raw).map_err(|e| invalid("PULSE_DATABASE_URL", raw, e))?;
+    match url.scheme() {
+        "sqlite" | "postgres" | "postgresql" => Ok(()),
+        other => Err(invalid(
+            "PULSE_DATABASE_URL",
+            raw,
+            format!("unsupported scheme `{other}` (expected sqlite:// or postgres://)"),
+        )),
+    }
+}
+
+fn validate_redis_url(raw: &str) -> Result<(), ConfigError> {
+    let url = Url::parse(raw).map_err(|e| invalid("PULSE_REDIS_URL", raw, e))?;
+    if url.scheme() != "redis" {
+        return Err(invalid("PULSE_REDIS_URL", raw, "expected a redis:// URL"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("PULSE_REDIS_URL", raw, "missing host"));
+    }
+    Ok(())
+}
+
+const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+/// `tracing`'s filter syntax accepts almost anything (a bare word is a target
+/// name), so a typo like `PULSE_LOG=verbose` would silently log nothing
+/// useful. Require every directive to end in a known level.
+fn validate_log_filter(raw: &str) -> Result<(), ConfigError> {
+    for directive in raw.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive.rsplit('=').next().unwrap_or(directive);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(invalid(
+                "PULSE_LOG",
+                raw,
+                format!("unknown log level `{level}` (expected one of {})", LEVELS.join(", ")),
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(raw).map_err(|e| invalid("PULSE_LOG", raw, e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_setup_with_demo_data() {
+        let c = config(&[]).expect("defaults are valid");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.database.url, DEFAULT_DATABASE_URL);
+        assert!(c.demo);
+        assert_eq!(c.limits.body_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn an_explicit_database_turns_demo_seeding_off_unless_asked() {
+        let c = config(&[("PULSE_DATABASE_URL", "postgres://localhost/pulse")]).expect("valid");
+        assert!(!c.demo);
+        let c = config(&[
+            ("PULSE_DATABASE_URL", "postgres://localhost/pulse"),
+            ("PULSE_DEMO", "1"),
+        ])
+        .expect("valid");
+        assert!(c.demo);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, value) in [
+            ("PULSE_LISTEN", "localhost"),
+            ("PULSE_DATABASE_URL", "mysql://x/y"),
+            ("PULSE_DATABASE_URL", "not a url"),
+            ("PULSE_REDIS_URL", "http://x"),
+            ("PULSE_LOG", "verbose"),
+            ("PULSE_LOG", "pulse=loud"),
+            ("PULSE_LOG_FORMAT", "xml"),
+            ("PULSE_BODY_LIMIT", "12"),
+            ("PULSE_MAX_DEPTH", "deep"),
+            ("PULSE_DEMO", "maybe"),
+        ] {
+            let err = config(&[(var, value)]).expect_err(value);
+            assert_eq!(err.var, var);
+            assert!(err.to_string().starts_with(&format!("invalid {var}=")));
+        }
+    }
+
+    #[test]
+    fn log_filters_with_targets_are_accepted() {
+        config(&[("PULSE_LOG", "info,pulse=debug,sqlx=warn")]).expect("valid filter");
+    }
+
+    #[test]
+    fn the_jwt_secret_is_redacted_from_debug_output() {
+        let c = config(&[("PULSE_JWT_SECRET", "hunter2hunter2")]).expect("valid");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,145 @@
+//! Turning credentials into a [`TenantCtx`]: bearer tokens on every request,
+//! and passwords at `login`.
+//!
+//! Both are named system paths: they run before a tenant is known, on the
+//! connection's own role, and every query names the tenant explicitly.
+
+use std::time::Duration;
+
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
+};
+use uuid::Uuid;
+
+use super::audit::{self, Actor, Change};
+use crate::auth::jwt::{JwtKeys, TokenError};
+use crate::auth::{RequestMeta, TenantCtx, password};
+use crate::entities::tenant;
+use crate::entities::user::{self, UserStatus};
+use crate::error::{AppError, AppResult};
+
+/// Lifetime of tokens issued by `login`.
+pub const LOGIN_TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// Verifies a bearer token and checks that its tenant and user exist and
+/// may act.
+pub async fn authenticate(
+    db: &DatabaseConnection,
+    keys: &JwtKeys,
+    token: &str,
+) -> AppResult<TenantCtx> {
+    let claims = keys.verify(token).map_err(|e| match e {
+        TokenError::Expired => AppError::Unauthenticated("token expired".into()),
+        TokenError::Invalid => AppError::Unauthenticated("invalid token".into()),
+    })?;
+    let tenant = tenant_by_slug(db, &claims.tenant)
+        .await?
+        .ok_or_else(|| AppError::Unauthenticated("unknown tenant".into()))?;
+    if !tenant.status.is_usable() {
+        return Err(AppError::TenantSuspended);
+    }
+    let by_subject = match Uuid::parse_str(&claims.sub) {
+        Ok(id) => user::Column::Id.eq(id),
+        Err(_) => user::Column::Email.eq(claims.sub.trim().to_lowercase()),
+    };
+    let user = user::Entity::find()
+        .filter(user::Column::TenantId.eq(tenant.id))
+        .filter(by_subject)
+        .one(db)
+        .await?
+        .ok_or_else(|| AppError::Unauthenticated("unknown user".into()))?;
+    if user.status != UserStatus::Active {
+        return Err(AppError::Unauthenticated("user is not active".into()));
+    }
+    Ok(TenantCtx {
+        tenant_id: tenant.id,
+        tenant_slug: tenant.slug,
+        user_id: user.id,
+        user_email: user.email,
+        role: claims.role,
+    })
+}
+
+/// A signed-in user and their token.
+#[derive(Debug)]
+pub struct Session {
+    pub token: String,
+    pub user: user::Model,
+}
+
+/// Checks a password and issues a token. Unknown tenant, unknown user,
+/// inactive user and wrong password all give the same error after the same
+/// amount of hashing work.
+pub async fn login(
+    db: &DatabaseConnection,
+    keys: &JwtKeys,
+    meta: &RequestMeta,
+    tenant_slug: &str,
+    email: &str,
+    password_attempt: String,
+) -> AppResult<Session> {
+    let rejected = || AppError::Unauthenticated("invalid tenant, email or password".into());
+    let tenant = tenant_by_slug(db, tenant_slug).await?;
+    let user = match &tenant {
+        Some(t) => {
+            user::Entity::find()
+                .filter(user::Column::TenantId.eq(t.id))
+                .filter(user::Column::Email.eq(email.trim().to_lowercase()))
+                .one(db)
+                .await?
+        }
+        None => None,
+    };
+    let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+    let verified = password::verify(password_attempt, hash).await;
+    let (Some(tenant), Some(user)) = (tenant, user) else {
+        return Err(rejected());
+    };
+    if !verified || user.status != UserStatus::Active {
+        tracing::info!(tenant = %tenant.slug, user_id = %user.id, "login refused");
+        return Err(rejected());
+    }
+    if !tenant.status.is_usable() {
+        return Err(AppError::TenantSuspended);
+    }
+
+    let now = chrono::Utc::now();
+    let txn = db.begin().await?;
+    // `user` was read with its tenant in the filter.
+    let mut stamp: user::ActiveModel = user.into();
+    stamp.last_login_at = Set(Some(now));
+    let updated = stamp.update(&txn).await?;
+    audit::record(
+        &txn,
+        tenant.id,
+        &Actor {
+            user_id: Some(updated.id),
+            name: updated.email.clone(),
+        },
+        meta,
+        Change {
+            action: "user.login",
+            resource_type: "user",
+            resource_id: Some(updated.id.to_string()),
+            before: None,
+            after: None,
+        },
+    )
+    .await?;
+    txn.commit().await?;
+
+    let token = keys
+        .mint(&updated.id.to_string(), &tenant.slug, updated.role, LOGIN_TOKEN_TTL)
+        .map_err(AppError::internal)?;
+    Ok(Session {
+        token,
+        user: updated,
+    })
+}
+
+async fn tenant_by_slug(db: &DatabaseConnection, slug: &str) -> AppResult<Option<tenant::Model>> {
+    Ok(tenant::Entity::find()
+        .filter(tenant::Column::Slug.eq(slug.trim().to_lowercase()))
+        .one(db)
+        .await?)
+}

@@ -1,0 +1,10 @@
+//! Business rules, one module per capability. Functions that touch tenant
+//! data take `&TenantCtx` first and scope every query by its tenant; none
+//! accepts a tenant id from client input. No GraphQL or HTTP types here.
+
+pub mod audit;
+pub mod auth;
+pub mod demo;
+pub mod page;
+pub mod tenants;
+pub mod users;

@@ -1,0 +1,6 @@
+//! sea-orm entities, one file per table. Enums stored as short strings so
+//! both backends hold the same values.
+
+pub mod audit_log;
+pub mod tenant;
+pub mod user;

@@ -1,0 +1,123 @@
+//! One error type for everything a client can be told.
+//!
+//! Policy: domain code returns specific [`AppError`] variants; each maps to
+//! an `extensions.code` from API.md. Unknown failures (database, I/O) become
+//! [`AppError::Internal`]: the cause chain is logged with the request id and
+//! the client gets an opaque message carrying only that id. SQL text, stack
+//! traces and driver messages never reach a response.
+
+use async_graphql::ErrorExtensions;
+use sea_orm::{DbErr, SqlErr};
+
+tokio::task_local! {
+    /// The id of the request being served, for opaque internal errors.
+    pub static REQUEST_ID: String;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("tenant is suspended")]
+    TenantSuspended,
+    #[error("{field}: {message}")]
+    BadInput { field: String, message: String },
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    QuotaExceeded(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl AppError {
+    pub fn bad_input(field: impl Into<String>, message: impl Into<String>) -> Self {
+        AppError::BadInput {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(err: impl Into<anyhow::Error>) -> Self {
+        AppError::Internal(err.into())
+    }
+
+    /// The `extensions.code` clients switch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::Unauthenticated(_) => "UNAUTHENTICATED",
+            AppError::Forbidden(_) => "FORBIDDEN",
+            AppError::TenantSuspended => "TENANT_SUSPENDED",
+            AppError::BadInput { .. } => "BAD_USER_INPUT",
+            AppError::NotFound(_) => "NOT_FOUND",
+            AppError::QuotaExceeded(_) => "QUOTA_EXCEEDED",
+            AppError::Unavailable(_) => "UNAVAILABLE",
+            AppError::Internal(_) => "INTERNAL_SERVER_ERROR",
+        }
+    }
+
+    /// The request id of the current request, if any.
+    pub fn current_request_id() -> Option<String> {
+        REQUEST_ID.try_with(Clone::clone).ok()
+    }
+}
+
+impl From<DbErr> for AppError {
+    fn from(err: DbErr) -> Self {
+        match err.sql_err() {
+            // Callers that can name the field check for conflicts first;
+            // this is the race where two requests insert at once.
+            Some(SqlErr::UniqueConstraintViolation(_)) => {
+                AppError::bad_input("input", "a record with these values already exists")
+            }
+            _ => match err {
+                DbErr::RecordNotFound(_) => AppError::NotFound("record"),
+                DbErr::ConnectionAcquire(_) => {
+                    AppError::Unavailable("the database is not reachable; retry shortly".into())
+                }
+                other => AppError::Internal(other.into()),
+            },
+        }
+    }
+}
+
+impl ErrorExtensions for AppError {
+    fn extend(&self) -> async_graphql::Error {
+        let request_id = AppError::current_request_id();
+        let message = match self {
+            AppError::Internal(cause) => {
+                tracing::error!(
+                    request_id = request_id.as_deref().unwrap_or("-"),
+                    error = format!("{cause:#}"),
+                    "internal error"
+                );
+                match &request_id {
+                    Some(id) => format!("internal error (request id {id})"),
+                    None => "internal error".to_owned(),
+                }
+            }
+            other => other.to_string(),
+        };
+        async_graphql::Error::new(message).extend_with(|_, ext| {
+            ext.set("code", self.code());
+            if let AppError::BadInput { field, .. } = self {
+                ext.set("field", field.as_str());
+            }
+            if let (AppError::Internal(_), Some(id)) = (self, &request_id) {
+                ext.set("requestId", id.as_str());
+            }
+        })
+    }
+}
+
+impl From<AppError> for async_graphql::Error {
+    fn from(err: AppError) -> Self {
+        err.extend()
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;

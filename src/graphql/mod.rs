@@ -1,0 +1,68 @@
+//! The GraphQL schema: assembly here, thin resolvers per capability in the
+//! sibling modules (each holds its output objects, inputs, `*Query` and
+//! `*Mutation`, merged below). Resolvers validate arguments into domain
+//! types, call `domain`, and wrap the models they get back.
+//!
+//! The schema never imports axum: the HTTP layer puts a [`Caller`] and a
+//! `RequestMeta` into each request's data.
+
+mod audit;
+mod extension;
+mod guard;
+mod session;
+mod tenants;
+mod users;
+
+use async_graphql::{EmptySubscription, MergedObject, Schema};
+
+pub use extension::ErrorCodes;
+pub use guard::{Caller, RoleGuard};
+
+use crate::app::AppState;
+use crate::config::Limits;
+
+#[derive(MergedObject, Default)]
+pub struct Query(
+    session::SessionQuery,
+    users::UserQuery,
+    tenants::TenantQuery,
+    audit::AuditQuery,
+);
+
+#[derive(MergedObject, Default)]
+pub struct Mutation(
+    session::SessionMutation,
+    users::UserMutation,
+    tenants::TenantMutation,
+);
+
+pub type PulseSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// Builds the schema; `state` is `None` only for printing the SDL.
+pub fn build(state: Option<AppState>, limits: &Limits) -> PulseSchema {
+    let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity)
+        .extension(ErrorCodes);
+    if let Some(state) = state {
+        builder = builder.data(state);
+    }
+    builder.finish()
+}
+
+/// The SDL that `pulse schema` prints and `schema.graphql` holds.
+pub fn sdl() -> String {
+    let limits = Limits {
+        body_bytes: 0,
+        max_depth: usize::MAX,
+        max_complexity: usize::MAX,
+    };
+    build(None, &limits).sdl()
+}
+
+/// GraphQL's `first`-based complexity for connection fields: each page
+/// item costs its selection.
+pub(crate) fn page_complexity(first: Option<i32>, child: usize) -> usize {
+    let items = first.map_or(crate::domain::page::DEFAULT_PAGE as usize, |n| n.max(0) as usize);
+    items.saturating_mul(child).saturating_add(1)
+}

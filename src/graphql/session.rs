@@ -1,0 +1,77 @@
+//! The caller: `me` and `login`.
+
+use async_graphql::{Context, Object, Result, SimpleObject};
+
+use super::guard::{meta, state, tenant};
+use super::tenants::Tenant;
+use super::users::{RoleValue, User};
+use crate::domain::{auth, tenants, users};
+use crate::error::AppError;
+
+/// Who is calling: their user, tenant and the role their token grants.
+pub struct Viewer {
+    user: User,
+    tenant: Tenant,
+    role: RoleValue,
+}
+
+#[Object]
+impl Viewer {
+    async fn user(&self) -> &User {
+        &self.user
+    }
+    async fn tenant(&self) -> &Tenant {
+        &self.tenant
+    }
+    /// The role granted by the token, which guards every field.
+    async fn role(&self) -> RoleValue {
+        self.role
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct AuthPayload {
+    /// A bearer token for `Authorization: Bearer <token>`.
+    token: String,
+    user: User,
+}
+
+#[derive(Default)]
+pub struct SessionQuery;
+
+#[Object]
+impl SessionQuery {
+    async fn me(&self, ctx: &Context<'_>) -> Result<Viewer> {
+        let caller = tenant(ctx)?;
+        let db = &state(ctx)?.db;
+        let (user, tenant) = tokio::try_join!(users::find(db, caller, caller.user_id), tenants::find(db, caller.tenant_id))?;
+        Ok(Viewer {
+            user: User(user.ok_or(AppError::NotFound("user"))?),
+            tenant: Tenant(tenant.ok_or(AppError::NotFound("tenant"))?),
+            role: caller.role.into(),
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct SessionMutation;
+
+#[Object]
+impl SessionMutation {
+    /// Signs in with a password; needs no token. Unknown tenant, unknown
+    /// email and wrong password are the same UNAUTHENTICATED error.
+    async fn login(
+        &self,
+        ctx: &Context<'_>,
+        tenant: String,
+        email: String,
+        password: String,
+    ) -> Result<AuthPayload> {
+        let app = state(ctx)?;
+        let session = auth::login(&app.db, &app.keys, meta(ctx), &tenant, &email, password).await?;
+        Ok(AuthPayload {
+            token: session.token,
+            user: User(session.user),
+        })
+    }
+}

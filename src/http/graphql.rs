@@ -1,0 +1,410 @@
+//! GraphQL over HTTP (POST and GET), GraphiQL, and GraphQL over WebSocket.
+//!
+//! The handlers own what async-graphql leaves to the transport: the body
+//! limit, authentication (a [`Caller`] decided once per request), the
+//! request facts the audit trail records, span fields, and metrics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use async_graphql::http::{
+    ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource, WebSocket as GraphQLWs, WebSocketProtocols as Protocols, WsMessage,
+};
+use async_graphql::{BatchRequest, BatchResponse, Data, Request as GqlRequest};
+use axum::body::{Body, Bytes};
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt, future};
+use serde_json::json;
+
+use super::{HttpState, RequestId};
+use crate::auth::RequestMeta;
+use crate::domain::auth::authenticate;
+use crate::error::AppError;
+use crate::graphql::Caller;
+use crate::telemetry::{CodeLabels, OperationLabels, operation_label};
+
+/// Most operations one batched POST may carry.
+pub const MAX_BATCH: usize = 20;
+
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+
+/// An error answered before GraphQL execution, shaped like a GraphQL
+/// response so clients handle one format.
+fn transport_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
+    (status, axum::Json(body)).into_response()
+}
+
+/// Decides who is calling from the `Authorization` header.
+async fn caller(state: &HttpState, headers: &HeaderMap) -> Caller {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Caller::Anonymous;
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return Caller::from_result(Err(AppError::Unauthenticated(
+            "malformed Authorization header (expected `Bearer <jwt>`)".into(),
+        )));
+    };
+    let result = authenticate(&state.app.db, &state.app.keys, token).await;
+    if let Ok(ctx) = &result {
+        tracing::Span::current().record("tenant", ctx.tenant_slug.as_str());
+    }
+    Caller::from_result(result)
+}
+
+fn request_meta(headers: &HeaderMap, peer: Option<SocketAddr>, id: Option<&RequestId>) -> RequestMeta {
+    RequestMeta {
+        request_id: id.map(|r| r.0.clone()),
+        ip: peer.map(|p| p.ip().to_string()),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(512).collect()),
+    }
+}
+
+fn accepts(headers: &HeaderMap, media: &str) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|part| part.trim().starts_with(media)))
+}
+
+/// Runs a batch with the caller and request facts in its data, and
+/// records span fields and metrics.
+async fn execute(
+    state: &HttpState,
+    batch: BatchRequest,
+    caller: Caller,
+    meta: RequestMeta,
+) -> BatchResponse {
+    let operation = match &batch {
+        BatchRequest::Single(r) => operation_label(r.operation_name.as_deref()),
+        BatchRequest::Batch(_) => "batch".to_owned(),
+    };
+    tracing::Span::current().record("operation", operation.as_str());
+    let started = Instant::now();
+    let response = state
+        .schema
+        .execute_batch(batch.data(caller).data(meta))
+        .await;
+    let metrics = &state.app.metrics;
+    let responses: Vec<&async_graphql::Response> = match &response {
+        BatchResponse::Single(r) => vec![r],
+        BatchResponse::Batch(rs) => rs.iter().collect(),
+    };
+    let outcome = if responses.iter().all(|r| r.errors.is_empty()) {
+        "ok"
+    } else {
+        "error"
+    };
+    let labels = OperationLabels { operation, outcome };
+    metrics.graphql_requests.get_or_create(&labels).inc();
+    metrics
+        .graphql_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    for err in responses.iter().flat_map(|r| &r.errors) {
+        let code = err
+            .extensions
+            .as_ref()
+            .and_then(|e| e.get("code"))
+            .and_then(|v| match v {
+                async_graphql::Value::String(s) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "UNKNOWN".to_owned());
+        metrics
+            .graphql_errors
+            .get_or_create(&CodeLabels { code })
+            .inc();
+    }
+    response
+}
+
+fn into_http(response: BatchResponse, headers: &HeaderMap) -> Response {
+    let graphql_media = accepts(headers, GRAPHQL_RESPONSE_JSON);
+    // Under application/graphql-response+json a request that never reached
+    // execution (no `data`) is a 400; under plain JSON it is always 200.
+    let request_error = match &response {
+        BatchResponse::Single(r) => r.data == async_graphql::Value::Null && !r.errors.is_empty(),
+        BatchResponse::Batch(_) => false,
+    };
+    let status = if graphql_media && request_error {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let content_type = if graphql_media {
+        GRAPHQL_RESPONSE_JSON
+    } else {
+        "application/json"
+    };
+    match serde_json::to_vec(&response) {
+        Ok(body) => (status, [(header::CONTENT_TYPE, content_type)], body).into_response(),
+        Err(e) => {
+            let err = AppError::internal(e);
+            let message = async_graphql::ErrorExtensions::extend(&err).message;
+            transport_error(StatusCode::INTERNAL_SERVER_ERROR, err.code(), &message)
+        }
+    }
+}
+
+/// Reads the body up to the configured limit; past it, 413.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Response> {
+    let too_large = || {
+        transport_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            &format!("request body exceeds the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let is_limit = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if is_limit {
+            too_large()
+        } else {
+            transport_error(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                "could not read the request body",
+            )
+        }
+    })
+}
+
+pub async fn post_graphql(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    let body = match read_body(body, &headers, state.app.config.limits.body_bytes).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let batch: BatchRequest = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return transport_error(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                &format!("request body is not a GraphQL request in JSON: {e}"),
+            );
+        }
+    };
+    if let BatchRequest::Batch(items) = &batch {
+        if items.is_empty() || items.len() > MAX_BATCH {
+            return transport_error(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                &format!("a batch holds 1 to {MAX_BATCH} operations"),
+            );
+        }
+    }
+    let meta = request_meta(&headers, Some(peer), parts.extensions.get::<RequestId>());
+    let caller = caller(&state, &headers).await;
+    let response = execute(&state, batch, caller, meta).await;
+    into_http(response, &headers)
+}
+
+/// GraphiQL for browsers; otherwise a query in the query string.
+pub async fn get_graphql(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let headers = request.headers();
+    if accepts(headers, "text/html") {
+        let page = GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
+            .title("Pulse GraphiQL")
+            .finish();
+        return Html(page).into_response();
+    }
+    let query = request.uri().query().unwrap_or_default();
+    let gql: GqlRequest = match async_graphql::http::parse_query_string(query) {
+        Ok(r) => r,
+        Err(e) => {
+            return transport_error(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                &format!("invalid GraphQL GET request: {e}"),
+            );
+        }
+    };
+    // GET must not change state: mutations go over POST.
+    if is_mutation(&gql) {
+        let mut resp = transport_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "BAD_USER_INPUT",
+            "mutations must use POST",
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        return resp;
+    }
+    let meta = request_meta(headers, Some(peer), request.extensions().get::<RequestId>());
+    let caller = caller(&state, headers).await;
+    let response = execute(&state, BatchRequest::Single(gql), caller, meta).await;
+    into_http(response, headers)
+}
+
+fn is_mutation(request: &GqlRequest) -> bool {
+    use async_graphql::parser::types::OperationType;
+    let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
+        // Let execution report the parse error.
+        return false;
+    };
+    doc.operations.iter().any(|(name, op)| {
+        let selected = match (&request.operation_name, name) {
+            (Some(wanted), Some(n)) => n.as_str() == wanted,
+            _ => true,
+        };
+        selected && op.node.ty != OperationType::Query
+    })
+}
+
+/// Close code for a missing or bad token on the socket.
+const CLOSE_FORBIDDEN: u16 = 4403;
+
+pub async fn websocket(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    request_id: Option<axum::Extension<RequestId>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Some(protocol) = subprotocol(&headers) else {
+        return transport_error(
+            StatusCode::BAD_REQUEST,
+            "BAD_USER_INPUT",
+            "Sec-WebSocket-Protocol must offer graphql-transport-ws or graphql-ws",
+        );
+    };
+    let meta = request_meta(&headers, Some(peer), request_id.as_ref().map(|e| &e.0));
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| serve_socket(state, socket, protocol, meta))
+}
+
+/// The first GraphQL subprotocol the client offers.
+fn subprotocol(headers: &HeaderMap) -> Option<Protocols> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().parse::<Protocols>().ok())
+}
+
+/// The async-graphql WebSocket pump, with the token checked at
+/// `connection_init` and a refusal closing the socket with 4403 on both
+/// protocols (the library would use 1002, or no close at all).
+async fn serve_socket(
+    state: HttpState,
+    socket: axum::extract::ws::WebSocket,
+    protocol: Protocols,
+    meta: RequestMeta,
+) {
+    let (mut sink, stream) = socket.split();
+    let input = stream
+        .take_while(|msg| future::ready(msg.is_ok()))
+        .filter_map(|msg| {
+            future::ready(match msg {
+                Ok(m @ (Message::Text(_) | Message::Binary(_))) => Some(m.into_data()),
+                _ => None,
+            })
+        });
+    let refused = Arc::new(AtomicBool::new(false));
+    let on_init = {
+        let refused = refused.clone();
+        let state = state.clone();
+        move |payload: serde_json::Value| async move {
+            let token = payload
+                .get("authorization")
+                .or_else(|| payload.get("Authorization"))
+                .and_then(|v| v.as_str())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .filter(|t| !t.is_empty());
+            let result = match token {
+                Some(token) => authenticate(&state.app.db, &state.app.keys, token).await,
+                None => Err(AppError::Unauthenticated(
+                    "connection_init payload needs {\"authorization\": \"Bearer <jwt>\"}".into(),
+                )),
+            };
+            match result {
+                Ok(ctx) => {
+                    tracing::debug!(tenant = %ctx.tenant_slug, "websocket authenticated");
+                    let mut data = Data::default();
+                    data.insert(Caller::Authenticated(ctx));
+                    Ok(data)
+                }
+                Err(err) => {
+                    refused.store(true, Ordering::SeqCst);
+                    Err(async_graphql::Error::new(err.to_string()))
+                }
+            }
+        }
+    };
+    let mut connection_data = Data::default();
+    connection_data.insert(meta);
+    let messages = GraphQLWs::new(state.schema.clone(), input, protocol)
+        .connection_data(connection_data)
+        .on_connection_init(on_init);
+    futures_util::pin_mut!(messages);
+    let mut closed = false;
+    while let Some(msg) = messages.next().await {
+        let frame = match msg {
+            WsMessage::Text(text) => Message::Text(text.into()),
+            WsMessage::Close(code, reason) => {
+                let code = if refused.load(Ordering::SeqCst) {
+                    CLOSE_FORBIDDEN
+                } else {
+                    code
+                };
+                closed = true;
+                Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                }))
+            }
+        };
+        if sink.send(frame).await.is_err() {
+            return;
+        }
+    }
+    // The legacy protocol reports a refusal as a `connection_error`
+    // message and stops; close the socket so clients see 4403 there too.
+    if refused.load(Ordering::SeqCst) && !closed {
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: CLOSE_FORBIDDEN,
+                reason: "forbidden".into(),
+            })))
+            .await;
+    }
+}

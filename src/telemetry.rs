@@ -1,0 +1,144 @@
+//! Logs and metrics: the tracing subscriber, and the Prometheus registry
+//! behind `/metrics`.
+//!
+//! Logs go to stderr (stdout belongs to `pulse token` and `pulse schema`).
+//! No token, password or secret is ever a field of a log line: request
+//! spans carry the request id, tenant slug, operation name and duration.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogConfig;
+
+/// Installs the global subscriber; a second call (tests) is a no-op.
+pub fn init_tracing(config: &LogConfig) {
+    let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if config.json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
+    } else {
+        builder.compact().try_init()
+    };
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: String,
+    /// `ok`, or `error` when the response carries any error.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub state: &'static str,
+}
+
+/// Every metric Pulse exports. One registry per app, so tests that run
+/// several servers in one process see their own counts.
+pub struct Metrics {
+    registry: Registry,
+    pub graphql_requests: Family<OperationLabels, Counter>,
+    pub graphql_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    pub graphql_errors: Family<CodeLabels, Counter>,
+    pub db_pool: Family<PoolLabels, Gauge>,
+    pub db_pool_max: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("pulse");
+        let graphql_requests = Family::<OperationLabels, Counter>::default();
+        let graphql_duration =
+            Family::<OperationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        let graphql_errors = Family::<CodeLabels, Counter>::default();
+        let db_pool = Family::<PoolLabels, Gauge>::default();
+        let db_pool_max = Gauge::default();
+        registry.register(
+            "graphql_requests",
+            "GraphQL requests by operation name and outcome",
+            graphql_requests.clone(),
+        );
+        registry.register(
+            "graphql_request_duration_seconds",
+            "GraphQL request latency",
+            graphql_duration.clone(),
+        );
+        registry.register(
+            "graphql_errors",
+            "GraphQL errors by extensions.code",
+            graphql_errors.clone(),
+        );
+        registry.register(
+            "db_pool_connections",
+            "Database pool connections by state",
+            db_pool.clone(),
+        );
+        registry.register(
+            "db_pool_max_connections",
+            "Configured size of the database pool",
+            db_pool_max.clone(),
+        );
+        Metrics {
+            registry,
+            graphql_requests,
+            graphql_duration,
+            graphql_errors,
+            db_pool,
+            db_pool_max,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Operation names come from clients; keep label values short and tame so a
+/// client cannot blow up the metric's cardinality with arbitrary strings.
+pub fn operation_label(name: Option<&str>) -> String {
+    match name {
+        Some(n)
+            if !n.is_empty()
+                && n.len() <= 64
+                && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            n.to_owned()
+        }
+        Some(_) => "invalid".to_owned(),
+        None => "anonymous".to_owned(),
+    }
+}
