@@ -69,7 +69,8 @@ impl AppState {
 }
 
 async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
-    let client = redis::Client::open(url).with_context(|| format!("invalid Redis URL {}", redact(url)))?;
+    let client =
+        redis::Client::open(url).with_context(|| format!("invalid Redis URL {}", redact(url)))?;
     tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
         .await
         .map_err(|_| anyhow::anyhow!("timed out"))

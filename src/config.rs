@@ -31,10 +31,26 @@ pub struct Config {
     pub jwt: JwtConfig,
     pub log: LogConfig,
     pub limits: Limits,
-    /// Seed the demo tenants into an empty database on start-up.
-    pub demo: bool,
+    /// Whether `serve` seeds the demo tenants.
+    pub demo: Demo,
     /// How long shutdown waits for in-flight requests before giving up.
     pub shutdown_grace: Duration,
+}
+
+/// When `serve` seeds the demo data (see API.md, "startup").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Demo {
+    Off,
+    /// The embedded default: seed a database that has no tenants yet.
+    IfEmpty,
+    /// `PULSE_DEMO=1`: run the idempotent seed on every start.
+    Always,
+}
+
+impl Demo {
+    pub fn is_on(self) -> bool {
+        self != Demo::Off
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -118,14 +134,19 @@ impl Config {
             None | Some("text") | Some("pretty") => false,
             Some("json") => true,
             Some(other) => {
-                return Err(invalid("PULSE_LOG_FORMAT", other, "expected `text` or `json`"));
+                return Err(invalid(
+                    "PULSE_LOG_FORMAT",
+                    other,
+                    "expected `text` or `json`",
+                ));
             }
         };
 
-        let demo_default = explicit_db.is_none();
         let demo = match get("PULSE_DEMO") {
-            None => demo_default,
-            Some(v) => parse_bool("PULSE_DEMO", &v)?,
+            None if explicit_db.is_none() => Demo::IfEmpty,
+            None => Demo::Off,
+            Some(v) if parse_bool("PULSE_DEMO", &v)? => Demo::Always,
+            Some(_) => Demo::Off,
         };
 
         Ok(Config {
@@ -234,7 +255,10 @@ fn validate_log_filter(raw: &str) -> Result<(), ConfigError> {
             return Err(invalid(
                 "PULSE_LOG",
                 raw,
-                format!("unknown log level `{level}` (expected one of {})", LEVELS.join(", ")),
+                format!(
+                    "unknown log level `{level}` (expected one of {})",
+                    LEVELS.join(", ")
+                ),
             ));
         }
     }
@@ -260,20 +284,20 @@ mod tests {
         let c = config(&[]).expect("defaults are valid");
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.database.url, DEFAULT_DATABASE_URL);
-        assert!(c.demo);
+        assert_eq!(c.demo, Demo::IfEmpty);
         assert_eq!(c.limits.body_bytes, 1 << 20);
     }
 
     #[test]
     fn an_explicit_database_turns_demo_seeding_off_unless_asked() {
         let c = config(&[("PULSE_DATABASE_URL", "postgres://localhost/pulse")]).expect("valid");
-        assert!(!c.demo);
+        assert_eq!(c.demo, Demo::Off);
         let c = config(&[
             ("PULSE_DATABASE_URL", "postgres://localhost/pulse"),
             ("PULSE_DEMO", "1"),
         ])
         .expect("valid");
-        assert!(c.demo);
+        assert_eq!(c.demo, Demo::Always);
     }
 
     #[test]

@@ -15,13 +15,17 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOr
 use pulse::app::{Application, shutdown_signal};
 use pulse::auth::Role;
 use pulse::auth::jwt::{self, JwtKeys};
-use pulse::config::Config;
+use pulse::config::{Config, Demo};
 use pulse::domain::demo::{self, SeedReport};
 use pulse::entities::{tenant, user};
 use pulse::{db, graphql, telemetry};
 
 #[derive(Parser)]
-#[command(name = "pulse", version, about = "Multi-tenant GraphQL analytics gateway")]
+#[command(
+    name = "pulse",
+    version,
+    about = "Multi-tenant GraphQL analytics gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -131,7 +135,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let demo_mode = config.demo;
     let app = Application::build(config).await?;
     let state = app.state.clone();
-    if demo_mode && demo::is_empty(&state.db).await? {
+    let seed = match demo_mode {
+        Demo::Off => false,
+        Demo::IfEmpty => demo::is_empty(&state.db).await?,
+        Demo::Always => true,
+    };
+    if seed {
         let report = demo::seed(&state.db)
             .await
             .context("cannot seed the demo data")?;
@@ -148,7 +157,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         startup_ms = started.elapsed().as_millis() as u64,
         "listening; GraphiQL at http://{addr}/graphql"
     );
-    if demo_mode {
+    if demo_mode.is_on() {
         // A convenience for the first run, printed to the console only (not
         // through the log pipeline, which never carries tokens).
         match first_user(&state.db, "acme", Role::Admin).await {
@@ -231,7 +240,7 @@ async fn token(
         None => {
             let db = connect(config).await?;
             db::migrate(&db).await.context("cannot apply migrations")?;
-            if config.demo && demo::is_empty(&db).await? {
+            if config.demo == Demo::IfEmpty && demo::is_empty(&db).await? {
                 demo::seed(&db).await.context("cannot seed the demo data")?;
             }
             first_user(&db, slug, role)

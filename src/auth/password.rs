@@ -1,12 +1,15 @@
 //! Argon2id password hashing, off the async runtime.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
 use std::sync::LazyLock;
 
 /// Verified against when the user does not exist, so that an unknown email
 /// and a wrong password cost the same time.
-static DUMMY_HASH: LazyLock<Option<String>> = LazyLock::new(|| hash_blocking("not a password").ok());
+static DUMMY_HASH: LazyLock<Option<String>> =
+    LazyLock::new(|| hash_blocking("not a password").ok());
 
 pub async fn hash(password: String) -> anyhow::Result<String> {
     tokio::task::spawn_blocking(move || hash_blocking(&password)).await?

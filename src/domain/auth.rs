@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -129,7 +130,12 @@ pub async fn login(
     txn.commit().await?;
 
     let token = keys
-        .mint(&updated.id.to_string(), &tenant.slug, updated.role, LOGIN_TOKEN_TTL)
+        .mint(
+            &updated.id.to_string(),
+            &tenant.slug,
+            updated.role,
+            LOGIN_TOKEN_TTL,
+        )
         .map_err(AppError::internal)?;
     Ok(Session {
         token,

@@ -13,7 +13,8 @@ use crate::entities::user::{self, UserStatus};
 use crate::error::{AppError, AppResult};
 
 /// The demo tenants: slug and display name.
-pub const DEMO_TENANTS: &[(&str, &str)] = &[("acme", "Acme Corp"), ("globex", "Globex Corporation")];
+pub const DEMO_TENANTS: &[(&str, &str)] =
+    &[("acme", "Acme Corp"), ("globex", "Globex Corporation")];
 
 /// One demo login.
 #[derive(Clone, Debug)]

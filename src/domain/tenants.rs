@@ -110,7 +110,10 @@ pub(crate) async fn insert(
     }
     let max_users = input.max_users.unwrap_or(10);
     if !(1..=100_000).contains(&max_users) {
-        return Err(AppError::bad_input("maxUsers", "must be between 1 and 100000"));
+        return Err(AppError::bad_input(
+            "maxUsers",
+            "must be between 1 and 100000",
+        ));
     }
     let settings = input.settings.unwrap_or_else(|| json!({}));
     if !settings.is_object() {
@@ -122,7 +125,10 @@ pub(crate) async fn insert(
         .await?
         .is_some()
     {
-        return Err(AppError::bad_input("slug", "a tenant with this slug already exists"));
+        return Err(AppError::bad_input(
+            "slug",
+            "a tenant with this slug already exists",
+        ));
     }
     if let Some(d) = &domain
         && tenant::Entity::find()
@@ -131,7 +137,10 @@ pub(crate) async fn insert(
             .await?
             .is_some()
     {
-        return Err(AppError::bad_input("domain", "another tenant uses this domain"));
+        return Err(AppError::bad_input(
+            "domain",
+            "another tenant uses this domain",
+        ));
     }
     let now = chrono::Utc::now();
     let model = tenant::ActiveModel {
@@ -147,7 +156,9 @@ pub(crate) async fn insert(
         created_at: Set(now),
         updated_at: Set(now),
     };
-    Ok(tenant::Entity::insert(model).exec_with_returning(conn).await?)
+    Ok(tenant::Entity::insert(model)
+        .exec_with_returning(conn)
+        .await?)
 }
 
 pub async fn set_status(
@@ -219,9 +230,7 @@ fn validate_domain(domain: String) -> AppResult<String> {
         && domain.contains('.')
         && domain.split('.').all(|label| {
             (1..=63).contains(&label.len())
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         });

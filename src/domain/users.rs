@@ -1,8 +1,8 @@
 //! Users of a tenant: listing, lookup and creation.
 
 use sea_orm::{
-    ActiveEnum, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveEnum, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -197,8 +197,20 @@ mod tests {
 
     #[test]
     fn emails_are_normalized_and_checked() {
-        assert_eq!(normalize_email("  Ann@Example.COM ").ok(), Some("ann@example.com".into()));
-        for bad in ["", "ann", "ann@", "@x.io", "a@b", "a b@x.io", "a@x.io@y.io", "a@.io"] {
+        assert_eq!(
+            normalize_email("  Ann@Example.COM ").ok(),
+            Some("ann@example.com".into())
+        );
+        for bad in [
+            "",
+            "ann",
+            "ann@",
+            "@x.io",
+            "a@b",
+            "a b@x.io",
+            "a@x.io@y.io",
+            "a@.io",
+        ] {
             assert!(normalize_email(bad).is_err(), "{bad}");
         }
     }

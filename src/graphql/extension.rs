@@ -38,11 +38,25 @@ fn with_code(mut err: ServerError, code: &str) -> ServerError {
 /// async-graphql's limit errors have fixed messages; give them their own
 /// codes so clients can tell "simplify the query" from a typo.
 fn validation_code(err: &ServerError) -> &'static str {
-    match err.message.as_str() {
+    let message = err.message.as_str();
+    match message {
         "Query is nested too deep." => "QUERY_TOO_DEEP",
         "Query is too complex." => "QUERY_TOO_COMPLEX",
+        // A well-formed query given a value of the wrong shape, inline or
+        // in a variable: the client's input is at fault, not the query.
+        _ if message.starts_with("Invalid value for argument")
+            || message.starts_with("Variable \"") =>
+        {
+            "BAD_USER_INPUT"
+        }
         _ => "GRAPHQL_VALIDATION_FAILED",
     }
+}
+
+/// The argument an "Invalid value for argument \"input.role\"" error names.
+fn argument_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("Invalid value for argument \"")?;
+    rest.split('"').next()
 }
 
 #[async_graphql::async_trait::async_trait]
@@ -67,8 +81,13 @@ impl Extension for ErrorCodesExtension {
         next.run(ctx).await.map_err(|errors| {
             errors
                 .into_iter()
-                .map(|e| {
+                .map(|mut e| {
                     let code = validation_code(&e);
+                    if let Some(field) = argument_field(&e.message).map(str::to_owned) {
+                        e.extensions
+                            .get_or_insert_with(Default::default)
+                            .set("field", Value::from(field));
+                    }
                     with_code(e, code)
                 })
                 .collect()

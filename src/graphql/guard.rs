@@ -91,7 +91,10 @@ impl Guard for RoleGuard {
         if caller.role.at_least(self.role) {
             Ok(())
         } else {
-            Err(AppError::Forbidden(format!("requires role {} or higher", self.role.as_str())).into())
+            Err(
+                AppError::Forbidden(format!("requires role {} or higher", self.role.as_str()))
+                    .into(),
+            )
         }
     }
 }

@@ -63,6 +63,8 @@ pub fn sdl() -> String {
 /// GraphQL's `first`-based complexity for connection fields: each page
 /// item costs its selection.
 pub(crate) fn page_complexity(first: Option<i32>, child: usize) -> usize {
-    let items = first.map_or(crate::domain::page::DEFAULT_PAGE as usize, |n| n.max(0) as usize);
+    let items = first.map_or(crate::domain::page::DEFAULT_PAGE as usize, |n| {
+        n.max(0) as usize
+    });
     items.saturating_mul(child).saturating_add(1)
 }

@@ -44,7 +44,10 @@ impl SessionQuery {
     async fn me(&self, ctx: &Context<'_>) -> Result<Viewer> {
         let caller = tenant(ctx)?;
         let db = &state(ctx)?.db;
-        let (user, tenant) = tokio::try_join!(users::find(db, caller, caller.user_id), tenants::find(db, caller.tenant_id))?;
+        let (user, tenant) = tokio::try_join!(
+            users::find(db, caller, caller.user_id),
+            tenants::find(db, caller.tenant_id)
+        )?;
         Ok(Viewer {
             user: User(user.ok_or(AppError::NotFound("user"))?),
             tenant: Tenant(tenant.ok_or(AppError::NotFound("tenant"))?),

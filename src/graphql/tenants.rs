@@ -10,7 +10,10 @@ use crate::domain::tenants::{self, NewTenant};
 use crate::entities::tenant;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
-#[graphql(remote = "crate::entities::tenant::TenantStatus", name = "TenantStatus")]
+#[graphql(
+    remote = "crate::entities::tenant::TenantStatus",
+    name = "TenantStatus"
+)]
 pub enum TenantStatusValue {
     Active,
     Suspended,

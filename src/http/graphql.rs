@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use async_graphql::http::{
-    ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource, WebSocket as GraphQLWs, WebSocketProtocols as Protocols, WsMessage,
+    ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource, WebSocket as GraphQLWs,
+    WebSocketProtocols as Protocols, WsMessage,
 };
 use async_graphql::{BatchRequest, BatchResponse, Data, Request as GqlRequest};
 use axum::body::{Body, Bytes};
@@ -48,7 +49,10 @@ async fn caller(state: &HttpState, headers: &HeaderMap) -> Caller {
     let token = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .filter(|t| !t.is_empty());
     let Some(token) = token else {
@@ -63,7 +67,11 @@ async fn caller(state: &HttpState, headers: &HeaderMap) -> Caller {
     Caller::from_result(result)
 }
 
-fn request_meta(headers: &HeaderMap, peer: Option<SocketAddr>, id: Option<&RequestId>) -> RequestMeta {
+fn request_meta(
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    id: Option<&RequestId>,
+) -> RequestMeta {
     RequestMeta {
         request_id: id.map(|r| r.0.clone()),
         ip: peer.map(|p| p.ip().to_string()),
@@ -86,12 +94,12 @@ fn accepts(headers: &HeaderMap, media: &str) -> bool {
 /// records span fields and metrics.
 async fn execute(
     state: &HttpState,
-    batch: BatchRequest,
+    mut batch: BatchRequest,
     caller: Caller,
     meta: RequestMeta,
 ) -> BatchResponse {
-    let operation = match &batch {
-        BatchRequest::Single(r) => operation_label(r.operation_name.as_deref()),
+    let operation = match &mut batch {
+        BatchRequest::Single(r) => operation_label(operation_name(r).as_deref()),
         BatchRequest::Batch(_) => "batch".to_owned(),
     };
     tracing::Span::current().record("operation", operation.as_str());
@@ -214,14 +222,21 @@ pub async fn post_graphql(
             );
         }
     };
-    if let BatchRequest::Batch(items) = &batch {
-        if items.is_empty() || items.len() > MAX_BATCH {
-            return transport_error(
-                StatusCode::BAD_REQUEST,
-                "BAD_USER_INPUT",
-                &format!("a batch holds 1 to {MAX_BATCH} operations"),
-            );
-        }
+    if let BatchRequest::Batch(items) = &batch
+        && (items.is_empty() || items.len() > MAX_BATCH)
+    {
+        return transport_error(
+            StatusCode::BAD_REQUEST,
+            "BAD_USER_INPUT",
+            &format!("a batch holds 1 to {MAX_BATCH} operations"),
+        );
+    }
+    if batch.iter().any(|r| r.query.trim().is_empty()) {
+        return transport_error(
+            StatusCode::BAD_REQUEST,
+            "BAD_USER_INPUT",
+            "`query` is required",
+        );
     }
     let meta = request_meta(&headers, Some(peer), parts.extensions.get::<RequestId>());
     let caller = caller(&state, &headers).await;
@@ -245,7 +260,7 @@ pub async fn get_graphql(
         return Html(page).into_response();
     }
     let query = request.uri().query().unwrap_or_default();
-    let gql: GqlRequest = match async_graphql::http::parse_query_string(query) {
+    let mut gql: GqlRequest = match async_graphql::http::parse_query_string(query) {
         Ok(r) => r,
         Err(e) => {
             return transport_error(
@@ -256,7 +271,7 @@ pub async fn get_graphql(
         }
     };
     // GET must not change state: mutations go over POST.
-    if is_mutation(&gql) {
+    if is_mutation(&mut gql) {
         let mut resp = transport_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "BAD_USER_INPUT",
@@ -272,14 +287,31 @@ pub async fn get_graphql(
     into_http(response, headers)
 }
 
-fn is_mutation(request: &GqlRequest) -> bool {
+/// The operation's name: the one the client selected, or the name of the
+/// document's only operation. Parsing here is not wasted: the request
+/// keeps the parsed document for execution.
+fn operation_name(request: &mut GqlRequest) -> Option<String> {
+    use async_graphql::parser::types::DocumentOperations;
+    if let Some(name) = &request.operation_name {
+        return Some(name.clone());
+    }
+    match &request.parsed_query().ok()?.operations {
+        DocumentOperations::Multiple(ops) if ops.len() == 1 => {
+            ops.keys().next().map(|n| n.to_string())
+        }
+        _ => None,
+    }
+}
+
+fn is_mutation(request: &mut GqlRequest) -> bool {
     use async_graphql::parser::types::OperationType;
-    let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
+    let wanted = request.operation_name.clone();
+    let Ok(doc) = request.parsed_query() else {
         // Let execution report the parse error.
         return false;
     };
     doc.operations.iter().any(|(name, op)| {
-        let selected = match (&request.operation_name, name) {
+        let selected = match (&wanted, name) {
             (Some(wanted), Some(n)) => n.as_str() == wanted,
             _ => true,
         };

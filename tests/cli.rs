@@ -1,0 +1,350 @@
+//! The `pulse` binary: configuration errors, `token`, `migrate`, `schema`,
+//! and a real `serve` that logs JSON and stops on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pulse::auth::Role;
+use pulse::auth::jwt::JwtKeys;
+use pulse::config::JwtConfig;
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+/// The binary with a clean `PULSE_*` environment, run in a scratch dir (the
+/// dev secret file lands there, never in the repository).
+fn pulse(dir: &tempfile::TempDir) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pulse"));
+    cmd.current_dir(dir.path());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PULSE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("PULSE_JWT_SECRET", TEST_SECRET);
+    cmd
+}
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// Runs `cmd`, expecting failure with one clear line on stderr.
+#[track_caller]
+fn fails_with(cmd: &mut Command, needle: &str) {
+    let out = cmd.output().expect("run pulse");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
+    assert!(lines[0].starts_with("pulse: "), "{stderr}");
+    assert!(lines[0].contains(needle), "`{needle}` not in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_configuration_values_stop_start_up_with_one_clear_line() {
+    let dir = scratch();
+    let cases = [
+        ("PULSE_LOG", "loud", "PULSE_LOG"),
+        ("PULSE_LOG_FORMAT", "xml", "PULSE_LOG_FORMAT"),
+        (
+            "PULSE_DATABASE_URL",
+            "mysql://localhost/pulse",
+            "PULSE_DATABASE_URL",
+        ),
+        (
+            "PULSE_DATABASE_URL",
+            "postgres://[::1",
+            "PULSE_DATABASE_URL",
+        ),
+        (
+            "PULSE_REDIS_URL",
+            "http://localhost:6379",
+            "PULSE_REDIS_URL",
+        ),
+        ("PULSE_LISTEN", "localhost:http", "PULSE_LISTEN"),
+        ("PULSE_BODY_LIMIT", "lots", "PULSE_BODY_LIMIT"),
+        ("PULSE_MAX_DEPTH", "1", "PULSE_MAX_DEPTH"),
+    ];
+    for (var, value, needle) in cases {
+        fails_with(pulse(&dir).arg("serve").env(var, value), needle);
+    }
+}
+
+#[test]
+fn a_listen_address_in_use_stops_start_up_with_one_clear_line() {
+    let dir = scratch();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display());
+    fails_with(
+        pulse(&dir)
+            .args(["serve", "--listen", &addr])
+            .env("PULSE_DATABASE_URL", db)
+            .env("PULSE_LOG", "error"),
+        &format!("cannot listen on {addr}"),
+    );
+}
+
+#[test]
+fn an_unreachable_database_stops_start_up_with_one_clear_line() {
+    let dir = scratch();
+    fails_with(
+        pulse(&dir)
+            .arg("migrate")
+            .env(
+                "PULSE_DATABASE_URL",
+                "postgres://nobody@127.0.0.1:1/nothing",
+            )
+            .env("PULSE_LOG", "off"),
+        "cannot open database",
+    );
+}
+
+#[test]
+fn the_checked_in_schema_is_what_the_code_generates() {
+    let checked_in =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))
+            .expect("schema.graphql");
+    let generated = pulse::graphql::sdl();
+    assert!(
+        checked_in == generated,
+        "schema.graphql is stale: run `cargo run -- schema > schema.graphql`"
+    );
+    let out = pulse(&scratch()).arg("schema").output().expect("run");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), generated);
+}
+
+#[test]
+fn token_with_a_user_needs_no_database_and_prints_one_line() {
+    let out = pulse(&scratch())
+        .args([
+            "token",
+            "--tenant",
+            "acme",
+            "--role",
+            "editor",
+            "--user",
+            "Ann@Acme.example",
+            "--ttl",
+            "30m",
+        ])
+        .env(
+            "PULSE_DATABASE_URL",
+            "postgres://nobody@127.0.0.1:1/nothing",
+        )
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf8");
+    assert_eq!(stdout.lines().count(), 1);
+    let config = JwtConfig {
+        secret: None,
+        issuer: None,
+        audience: None,
+        leeway: Duration::ZERO,
+    };
+    let claims = JwtKeys::new(TEST_SECRET.as_bytes(), &config)
+        .verify(stdout.trim())
+        .expect("verifies");
+    assert_eq!(
+        (claims.sub.as_str(), claims.tenant.as_str(), claims.role),
+        ("ann@acme.example", "acme", Role::Editor)
+    );
+    let ttl = claims.exp - claims.iat.expect("iat");
+    assert_eq!(ttl, 1800);
+
+    let out = pulse(&scratch())
+        .args([
+            "token", "--tenant", "acme", "--role", "owner", "--user", "a@b.c",
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown role `owner`"));
+}
+
+#[tokio::test]
+async fn token_and_migrate_work_against_the_servers_database() {
+    let app = spawn_app().await;
+    let acme = app.tenant("acme").await;
+    let url = app.state.config.database.url.clone();
+    let dir = scratch();
+    for _ in 0..2 {
+        let out = pulse(&dir)
+            .arg("migrate")
+            .env("PULSE_DATABASE_URL", &url)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = pulse(&dir)
+        .args(["token", "--tenant", &acme.slug, "--role", "ADMIN"])
+        .env("PULSE_DATABASE_URL", &url)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).expect("utf8");
+    let body = app
+        .gql_as(token.trim(), "{ me { role user { email } } }", json!({}))
+        .await;
+    assert_eq!(data(&body)["me"]["role"], "ADMIN");
+    assert_eq!(
+        data(&body)["me"]["user"]["email"],
+        acme.user(Role::Admin).email.as_str()
+    );
+
+    fails_with(
+        pulse(&dir)
+            .args(["token", "--tenant", "no-such-tenant", "--role", "ADMIN"])
+            .env("PULSE_DATABASE_URL", &url)
+            .env("PULSE_LOG", "off"),
+        "no-such-tenant",
+    );
+}
+
+/// A child process that is killed and reaped if a test fails before it
+/// stops on its own.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `pulse serve` on a free port with JSON logs; returns the server,
+/// its address and a reader of its log lines.
+fn serve(dir: &tempfile::TempDir) -> (Server, String, std::sync::mpsc::Receiver<String>) {
+    let mut cmd = pulse(dir);
+    cmd.arg("serve")
+        .env("PULSE_LISTEN", "127.0.0.1:0")
+        .env("PULSE_LOG_FORMAT", "json")
+        .env("PULSE_DEMO", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(url) = postgres_url() {
+        cmd.env("PULSE_DATABASE_URL", url);
+    }
+    let mut child = Server(cmd.spawn().expect("spawn pulse serve"));
+    let stderr = child.0.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("pulse serve logs that it listens");
+        let entry: Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if let Some(addr) = entry["addr"].as_str() {
+            return (child, addr.to_owned(), rx);
+        }
+    }
+}
+
+#[tokio::test]
+async fn serve_logs_json_request_spans_without_secrets_and_stops_on_sigterm() {
+    let dir = scratch();
+    let (mut child, addr, logs) = serve(&dir);
+    let keys = JwtKeys::new(
+        TEST_SECRET.as_bytes(),
+        &JwtConfig {
+            secret: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::ZERO,
+        },
+    );
+    let token = keys
+        .mint(
+            "admin@acme.example",
+            "acme",
+            Role::Admin,
+            Duration::from_secs(600),
+        )
+        .expect("mint");
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("http://{addr}/graphql"))
+        .bearer_auth(&token)
+        .header("x-request-id", "cli-span-1")
+        .json(&json!({ "query": "query WhoAmI { me { role } }" }))
+        .send()
+        .await
+        .expect("send");
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(data(&body)["me"]["role"], "ADMIN");
+    let login = json!({ "query": "mutation { login(tenant: \"acme\", email: \"admin@acme.example\", password: \"demo-admin-acme\") { token } }" });
+    let body: Value = client
+        .post(format!("http://{addr}/graphql"))
+        .json(&login)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    data(&body);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(s) = child.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pulse did not stop within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit}");
+
+    let lines: Vec<String> = logs.try_iter().collect();
+    let all = lines.join("\n");
+    for secret in [token.as_str(), TEST_SECRET, "demo-admin-acme"] {
+        assert!(!all.contains(secret), "a secret reached the log:\n{all}");
+    }
+    let entries: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let finished = entries
+        .iter()
+        .find(|e| e["message"] == "request finished" && e["span"]["request_id"] == "cli-span-1")
+        .unwrap_or_else(|| panic!("no request line in\n{all}"));
+    assert_eq!(finished["span"]["tenant"], "acme");
+    assert_eq!(finished["span"]["operation"], "WhoAmI");
+    assert!(finished["duration_ms"].is_number());
+    assert!(entries.iter().any(|e| e["message"] == "stopped"), "{all}");
+}

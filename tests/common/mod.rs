@@ -1,0 +1,348 @@
+//! Spawning real Pulse servers for tests, and fixtures.
+//!
+//! The backend comes from `PULSE_TEST_DATABASE_URL` / `PULSE_TEST_REDIS_URL`:
+//! unset, each app gets a fresh SQLite file; set, apps share that PostgreSQL
+//! database (and Redis), and every test makes its own tenants with random
+//! slugs, so tests run in parallel without seeing each other. Tests that
+//! must break their database ask for [`spawn_isolated_app`], which on
+//! PostgreSQL creates (and later drops) a database of their own.
+//!
+//! Logs stay quiet unless `TEST_LOG` is set.
+
+#![allow(dead_code, reason = "each test module uses a different part")]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Once;
+use std::time::Duration;
+
+use pulse::app::{AppState, Application};
+use pulse::auth::Role;
+use pulse::config::Config;
+use pulse::entities::{tenant, user};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// The secret test servers sign with; tests mint tokens with it too.
+pub const TEST_SECRET: &str = "pulse-test-secret-0123456789abcdef";
+
+pub fn postgres_url() -> Option<String> {
+    std::env::var("PULSE_TEST_DATABASE_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+pub fn redis_url() -> Option<String> {
+    std::env::var("PULSE_TEST_REDIS_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+pub fn is_postgres() -> bool {
+    postgres_url().is_some()
+}
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            pulse::telemetry::init_tracing(&pulse::config::LogConfig {
+                filter: std::env::var("PULSE_LOG").unwrap_or_else(|_| "info".into()),
+                json: false,
+            });
+        }
+    });
+}
+
+/// A running server and what a test needs to talk to it.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub http: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _store: Store,
+}
+
+/// Keeps a test's database alive for as long as its app.
+enum Store {
+    Shared,
+    Sqlite(tempfile::TempDir),
+    OwnPostgres { admin_url: String, name: String },
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Store::OwnPostgres { admin_url, name } = self {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            // Drop runs inside the test's runtime; do the async work on a
+            // thread of its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async {
+                    if let Ok(db) = sea_orm::Database::connect(&admin_url).await {
+                        let _ = db
+                            .execute_unprepared(&format!(
+                                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                            ))
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// Settings for a test server, as environment variables would give them.
+pub struct Settings(HashMap<String, String>);
+
+impl Settings {
+    pub fn set(&mut self, var: &str, value: impl ToString) -> &mut Self {
+        self.0.insert(var.to_owned(), value.to_string());
+        self
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A server whose settings `tweak` may change.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    match postgres_url() {
+        Some(url) => spawn(url, Store::Shared, tweak).await,
+        None => sqlite_app(tweak).await,
+    }
+}
+
+/// A server with a database of its own, for tests that break it.
+pub async fn spawn_isolated_app() -> TestApp {
+    match postgres_url() {
+        Some(admin_url) => {
+            let name = format!("{}_{}", database_name(&admin_url), short_id());
+            let admin = sea_orm::Database::connect(&admin_url)
+                .await
+                .expect("connect to the test database");
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                .await
+                .expect("create an isolated database");
+            admin.close().await.expect("close");
+            let mut url = url::Url::parse(&admin_url).expect("PULSE_TEST_DATABASE_URL");
+            url.set_path(&name);
+            spawn(
+                url.to_string(),
+                Store::OwnPostgres { admin_url, name },
+                |_| {},
+            )
+            .await
+        }
+        None => sqlite_app(|_| {}).await,
+    }
+}
+
+async fn sqlite_app(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("pulse.db").display()
+    );
+    spawn(url, Store::Sqlite(dir), tweak).await
+}
+
+fn database_name(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .map(|u| u.path().trim_start_matches('/').to_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "pulse_test".into())
+}
+
+async fn spawn(url: String, store: Store, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    init_logs();
+    let mut settings = Settings(HashMap::new());
+    settings
+        .set("PULSE_DATABASE_URL", &url)
+        .set("PULSE_LISTEN", "127.0.0.1:0")
+        .set("PULSE_JWT_SECRET", TEST_SECRET)
+        .set("PULSE_DEMO", "false")
+        .set("PULSE_DB_MAX_CONNECTIONS", "5");
+    if let Some(redis) = redis_url() {
+        settings.set("PULSE_REDIS_URL", redis);
+    }
+    tweak(&mut settings);
+    let config = Config::from_lookup(|k| settings.0.get(k).cloned()).expect("test config");
+    let app = Application::build(config).await.expect("build the app");
+    let addr = app.local_addr().expect("local addr");
+    let state = app.state.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        state,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client"),
+        shutdown: Some(tx),
+        server: Some(server),
+        _store: store,
+    }
+}
+
+pub fn short_id() -> String {
+    Uuid::new_v4().simple().to_string()[..10].to_owned()
+}
+
+/// A tenant made for one test: one active user per role.
+#[derive(Clone, Debug)]
+pub struct TestTenant {
+    pub id: Uuid,
+    pub slug: String,
+    pub users: HashMap<Role, user::Model>,
+}
+
+impl TestTenant {
+    pub fn user(&self, role: Role) -> &user::Model {
+        &self.users[&role]
+    }
+}
+
+pub const ROLES: [Role; 4] = [Role::Viewer, Role::Editor, Role::Admin, Role::SuperAdmin];
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops the server as SIGTERM would and waits for it to finish.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(handle) => handle.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+
+    /// A tenant with a random slug starting with `prefix`.
+    pub async fn tenant(&self, prefix: &str) -> TestTenant {
+        self.tenant_with(prefix, tenant::TenantStatus::Active).await
+    }
+
+    pub async fn tenant_with(&self, prefix: &str, status: tenant::TenantStatus) -> TestTenant {
+        let now = chrono::Utc::now();
+        let slug = format!("{prefix}-{}", short_id());
+        let t = tenant::Entity::insert(tenant::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            slug: Set(slug.clone()),
+            name: Set(format!("Test {prefix}")),
+            domain: Set(None),
+            status: Set(status),
+            plan: Set("test".into()),
+            max_users: Set(10),
+            settings: Set(json!({})),
+            features: Set(json!([])),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .exec_with_returning(&self.state.db)
+        .await
+        .expect("insert tenant");
+        let mut users = HashMap::new();
+        for role in ROLES {
+            let name = role.as_str().to_lowercase().replace('_', "-");
+            let u = user::Entity::insert(user::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                tenant_id: Set(t.id),
+                email: Set(format!("{name}@{slug}.test")),
+                display_name: Set(None),
+                password_hash: Set(None),
+                role: Set(role),
+                status: Set(user::UserStatus::Active),
+                last_login_at: Set(None),
+                created_at: Set(now),
+                updated_at: Set(now),
+            })
+            .exec_with_returning(&self.state.db)
+            .await
+            .expect("insert user");
+            users.insert(role, u);
+        }
+        TestTenant {
+            id: t.id,
+            slug,
+            users,
+        }
+    }
+
+    /// A token for the tenant's user of `role`, valid for an hour.
+    pub fn token(&self, tenant: &TestTenant, role: Role) -> String {
+        self.state
+            .keys
+            .mint(
+                &tenant.user(role).id.to_string(),
+                &tenant.slug,
+                role,
+                Duration::from_secs(3600),
+            )
+            .expect("mint")
+    }
+
+    /// POSTs a GraphQL operation; returns the status and the JSON body.
+    pub async fn post_gql(
+        &self,
+        token: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(self.url("/graphql"))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("send");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.expect("JSON body"))
+    }
+
+    /// The JSON body of a GraphQL operation sent with `token`.
+    pub async fn gql_as(&self, token: &str, query: &str, variables: Value) -> Value {
+        self.post_gql(Some(token), query, variables).await.1
+    }
+
+    pub async fn gql_anonymous(&self, query: &str, variables: Value) -> Value {
+        self.post_gql(None, query, variables).await.1
+    }
+}
+
+/// The `extensions.code` of the first error, if any.
+pub fn error_code(body: &Value) -> Option<&str> {
+    body["errors"][0]["extensions"]["code"].as_str()
+}
+
+/// Asserts the body has no errors and returns its `data`.
+#[track_caller]
+pub fn data(body: &Value) -> &Value {
+    assert!(
+        body.get("errors").is_none_or(Value::is_null),
+        "unexpected errors: {body}"
+    );
+    &body["data"]
+}
+
+/// Asserts the first error has `code`.
+#[track_caller]
+pub fn assert_code(body: &Value, code: &str) {
+    assert_eq!(error_code(body), Some(code), "expected {code} in {body}");
+}

@@ -1,0 +1,14 @@
+//! The integration suite: one binary, one module per capability, each
+//! driving real Pulse servers over HTTP and WebSocket (see `common`).
+
+mod common;
+
+mod audit;
+mod auth;
+mod cli;
+mod http;
+mod isolation;
+mod rls;
+mod tenants;
+mod users;
+mod websocket;
