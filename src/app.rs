@@ -14,8 +14,11 @@ use tokio::net::TcpListener;
 
 use crate::auth::jwt::{self, JwtKeys};
 use crate::config::Config;
+use crate::domain::events::store::Store;
+use crate::domain::events::writer::{Writer, WriterConfig};
+use crate::realtime::Bus;
 use crate::telemetry::Metrics;
-use crate::{db, graphql, http};
+use crate::{db, graphql, http, jobs};
 
 /// Everything a request may need, built once; cheap to clone.
 #[derive(Clone)]
@@ -27,7 +30,12 @@ pub struct App {
     /// `None` without `PULSE_REDIS_URL`.
     pub redis: Option<redis::aio::ConnectionManager>,
     pub keys: JwtKeys,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// In-process, or Redis pub/sub when Redis is configured.
+    pub bus: Bus,
+    pub event_store: Arc<Store>,
+    /// The group-commit writer every ingestion path goes through.
+    pub writer: Writer,
 }
 
 impl Deref for AppState {
@@ -45,10 +53,32 @@ impl AppState {
             .await
             .with_context(|| format!("cannot open database {}", redact(&config.database.url)))?;
         db::migrate(&db).await.context("cannot apply migrations")?;
-        let redis = match &config.redis_url {
-            Some(url) => Some(connect_redis(url).await?),
-            None => None,
+        let (redis, bus) = match &config.redis_url {
+            Some(url) => {
+                let (client, conn) = connect_redis(url).await?;
+                (Some(conn.clone()), Bus::redis(client, conn))
+            }
+            None => (None, Bus::memory()),
         };
+        let event_store = Arc::new(Store::new(db.clone()));
+        event_store
+            .partitions()
+            .ensure_window(&db, jobs::PARTITIONS_AHEAD)
+            .await
+            .context("cannot create event partitions")?;
+        let metrics = Arc::new(Metrics::new());
+        let writer = Writer::start(
+            WriterConfig {
+                max_batch: config.ingest.max_events,
+                max_group: config.ingest.group_events,
+                queue_events: config.ingest.queue_events,
+                queue_wait: config.ingest.queue_wait,
+                writers: config.ingest.writers,
+            },
+            event_store.clone(),
+            bus.clone(),
+            metrics.clone(),
+        );
         let (secret, dev_secret) =
             jwt::resolve_secret(&config.jwt).context("cannot read or create the dev JWT secret")?;
         if dev_secret {
@@ -63,19 +93,25 @@ impl AppState {
             db,
             redis,
             keys,
-            metrics: Metrics::new(),
+            metrics,
+            bus,
+            event_store,
+            writer,
         })))
     }
 }
 
-async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
+async fn connect_redis(
+    url: &str,
+) -> anyhow::Result<(redis::Client, redis::aio::ConnectionManager)> {
     let client =
         redis::Client::open(url).with_context(|| format!("invalid Redis URL {}", redact(url)))?;
-    tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
+    let conn = tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
         .await
         .map_err(|_| anyhow::anyhow!("timed out"))
         .and_then(|r| r.map_err(Into::into))
-        .with_context(|| format!("cannot reach Redis at {}", redact(url)))
+        .with_context(|| format!("cannot reach Redis at {}", redact(url)))?;
+    Ok((client, conn))
 }
 
 /// A URL fit for logs: the password replaced.
@@ -128,6 +164,7 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let grace = self.state.config.shutdown_grace;
+        let background = jobs::spawn(&self.state);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(
             self.listener,
@@ -153,6 +190,12 @@ impl Application {
                 Ok(())
             }
         };
+        for job in background {
+            job.abort();
+        }
+        // Requests still queued when the grace period ran out are committed
+        // before the pool closes.
+        self.state.writer.close().await;
         if let Err(e) = self.state.db.close_by_ref().await {
             tracing::warn!(error = %e, "closing the database pool");
         }

@@ -31,6 +31,7 @@ pub struct Config {
     pub jwt: JwtConfig,
     pub log: LogConfig,
     pub limits: Limits,
+    pub ingest: IngestConfig,
     /// Whether `serve` seeds the demo tenants.
     pub demo: Demo,
     /// How long shutdown waits for in-flight requests before giving up.
@@ -103,6 +104,26 @@ pub struct Limits {
     pub max_complexity: usize,
 }
 
+/// The ingestion path: batch limits, the group-commit writer, and whose
+/// `X-Forwarded-For` to believe.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// Most events in one batch.
+    pub max_events: usize,
+    /// Largest batch, in bytes after decompression.
+    pub max_bytes: usize,
+    /// Most events committed together.
+    pub group_events: usize,
+    /// Most events queued or committing at once (bounds memory).
+    pub queue_events: usize,
+    /// How long a request waits for queue space before a 503.
+    pub queue_wait: Duration,
+    /// Concurrent writer tasks.
+    pub writers: usize,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -171,11 +192,47 @@ impl Config {
                 max_depth: number(&get, "PULSE_MAX_DEPTH", 15, 2..=100)?,
                 max_complexity: number(&get, "PULSE_MAX_COMPLEXITY", 5_000, 10..=1_000_000)?,
             },
+            ingest: IngestConfig {
+                max_events: number(&get, "PULSE_INGEST_MAX_EVENTS", 10_000, 1..=100_000)?,
+                max_bytes: number(&get, "PULSE_INGEST_MAX_BYTES", 5 << 20, 1024..=(256 << 20))?,
+                group_events: number(&get, "PULSE_INGEST_GROUP_EVENTS", 20_000, 1..=1_000_000)?,
+                queue_events: number(&get, "PULSE_INGEST_QUEUE_EVENTS", 200_000, 1..=10_000_000)?,
+                queue_wait: Duration::from_millis(number(
+                    &get,
+                    "PULSE_INGEST_QUEUE_WAIT_MS",
+                    2_000,
+                    0..=60_000,
+                )?),
+                writers: number(&get, "PULSE_INGEST_WRITERS", 2, 1..=32)?,
+                trusted_proxies: match get("PULSE_TRUSTED_PROXIES") {
+                    None => Vec::new(),
+                    Some(raw) => parse_proxies(&raw)?,
+                },
+            },
             demo,
             // API.md promises exit within 10 s; leave room to close the pool.
             shutdown_grace: Duration::from_secs(8),
         })
     }
+}
+
+/// A comma-separated list of addresses and CIDR networks.
+fn parse_proxies(raw: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    invalid(
+                        "PULSE_TRUSTED_PROXIES",
+                        raw,
+                        format!("`{p}` is not an IP address or CIDR network"),
+                    )
+                })
+        })
+        .collect()
 }
 
 fn invalid(var: &'static str, value: &str, reason: impl ToString) -> ConfigError {
@@ -313,6 +370,8 @@ mod tests {
             ("PULSE_BODY_LIMIT", "12"),
             ("PULSE_MAX_DEPTH", "deep"),
             ("PULSE_DEMO", "maybe"),
+            ("PULSE_INGEST_MAX_EVENTS", "0"),
+            ("PULSE_TRUSTED_PROXIES", "10.0.0.0/8, proxy.local"),
         ] {
             let err = config(&[(var, value)]).expect_err(value);
             assert_eq!(err.var, var);

@@ -24,6 +24,12 @@ pub enum AppError {
     TenantSuspended,
     #[error("{field}: {message}")]
     BadInput { field: String, message: String },
+    /// A batch rejected as a whole, with its first problems.
+    #[error("{message}")]
+    InvalidBatch {
+        message: String,
+        problems: Vec<Problem>,
+    },
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -32,6 +38,19 @@ pub enum AppError {
     Unavailable(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+}
+
+/// One thing wrong with one item of a batch.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    /// Position in the batch, from 0.
+    pub index: usize,
+    /// Line of an NDJSON body, from 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    pub field: String,
+    pub message: String,
 }
 
 impl AppError {
@@ -52,7 +71,7 @@ impl AppError {
             AppError::Unauthenticated(_) => "UNAUTHENTICATED",
             AppError::Forbidden(_) => "FORBIDDEN",
             AppError::TenantSuspended => "TENANT_SUSPENDED",
-            AppError::BadInput { .. } => "BAD_USER_INPUT",
+            AppError::BadInput { .. } | AppError::InvalidBatch { .. } => "BAD_USER_INPUT",
             AppError::NotFound(_) => "NOT_FOUND",
             AppError::QuotaExceeded(_) => "QUOTA_EXCEEDED",
             AppError::Unavailable(_) => "UNAVAILABLE",
@@ -106,6 +125,11 @@ impl ErrorExtensions for AppError {
             ext.set("code", self.code());
             if let AppError::BadInput { field, .. } = self {
                 ext.set("field", field.as_str());
+            }
+            if let AppError::InvalidBatch { problems, .. } = self
+                && let Ok(value) = async_graphql::to_value(problems)
+            {
+                ext.set("problems", value);
             }
             if let (AppError::Internal(_), Some(id)) = (self, &request_id) {
                 ext.set("requestId", id.as_str());

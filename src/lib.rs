@@ -23,4 +23,6 @@ pub mod entities;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod jobs;
+pub mod realtime;
 pub mod telemetry;

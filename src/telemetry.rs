@@ -59,6 +59,12 @@ pub struct Metrics {
     pub graphql_errors: Family<CodeLabels, Counter>,
     pub db_pool: Family<PoolLabels, Gauge>,
     pub db_pool_max: Gauge,
+    pub events_accepted: Counter,
+    pub events_duplicate: Counter,
+    pub events_rejected: Counter,
+    pub ingest_saturated: Counter,
+    pub ingest_group_events: Histogram,
+    pub ingest_commit_seconds: Histogram,
 }
 
 fn latency_histogram() -> Histogram {
@@ -102,8 +108,47 @@ impl Metrics {
             "Configured size of the database pool",
             db_pool_max.clone(),
         );
+        let events_accepted = Counter::default();
+        let events_duplicate = Counter::default();
+        let events_rejected = Counter::default();
+        let ingest_saturated = Counter::default();
+        // 1 to ~65k events per commit.
+        let ingest_group_events = Histogram::new(exponential_buckets(1.0, 2.0, 17));
+        let ingest_commit_seconds = latency_histogram();
+        registry.register("events_accepted", "Events stored", events_accepted.clone());
+        registry.register(
+            "events_duplicate",
+            "Events not stored because their id was seen before",
+            events_duplicate.clone(),
+        );
+        registry.register(
+            "events_rejected",
+            "Events in batches rejected by validation",
+            events_rejected.clone(),
+        );
+        registry.register(
+            "ingest_saturated",
+            "Ingestion requests refused because the writer queue was full",
+            ingest_saturated.clone(),
+        );
+        registry.register(
+            "ingest_group_events",
+            "Events per group commit",
+            ingest_group_events.clone(),
+        );
+        registry.register(
+            "ingest_commit_seconds",
+            "Latency of one group commit",
+            ingest_commit_seconds.clone(),
+        );
         Metrics {
             registry,
+            events_accepted,
+            events_duplicate,
+            events_rejected,
+            ingest_saturated,
+            ingest_group_events,
+            ingest_commit_seconds,
             graphql_requests,
             graphql_duration,
             graphql_errors,

@@ -8,6 +8,7 @@ mod m20261122_000001_create_tenants;
 mod m20261122_000002_create_users;
 mod m20261122_000003_create_audit_log;
 mod m20261122_000004_enable_row_level_security;
+mod m20261122_000005_create_events;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_create_users::Migration),
             Box::new(m20261122_000003_create_audit_log::Migration),
             Box::new(m20261122_000004_enable_row_level_security::Migration),
+            Box::new(m20261122_000005_create_events::Migration),
         ]
     }
 }

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod auth;
 pub mod demo;
+pub mod events;
 pub mod page;
 pub mod tenants;
 pub mod users;

@@ -205,6 +205,120 @@ pub async fn set_status(
     Ok(updated)
 }
 
+/// The settings a tenant's admins control, stored in `tenants.settings`
+/// (snake_case keys), with their defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TenantSettings {
+    /// Events older than this many days are refused at ingestion and
+    /// removed by the retention job.
+    pub retention_days: u32,
+    /// Store client IPs truncated (IPv4 /24, IPv6 /48) for privacy.
+    pub truncate_ip: bool,
+}
+
+pub const DEFAULT_RETENTION_DAYS: u32 = 400;
+/// Ten years: also bounds how far back event partitions reach.
+pub const MAX_RETENTION_DAYS: u32 = 3650;
+
+impl Default for TenantSettings {
+    fn default() -> Self {
+        TenantSettings {
+            retention_days: DEFAULT_RETENTION_DAYS,
+            truncate_ip: false,
+        }
+    }
+}
+
+impl TenantSettings {
+    /// Reads the settings JSON; missing or out-of-range values fall back to
+    /// the defaults (writes are validated, so that means an old row).
+    pub fn from_json(settings: &serde_json::Value) -> Self {
+        let defaults = TenantSettings::default();
+        TenantSettings {
+            retention_days: settings
+                .get("retention_days")
+                .and_then(serde_json::Value::as_u64)
+                .filter(|d| (1..=u64::from(MAX_RETENTION_DAYS)).contains(d))
+                .map_or(defaults.retention_days, |d| d as u32),
+            truncate_ip: settings
+                .get("truncate_ip")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(defaults.truncate_ip),
+        }
+    }
+}
+
+/// A change to a tenant's settings; `None` leaves a value as it is.
+#[derive(Debug, Default)]
+pub struct SettingsChange {
+    pub retention_days: Option<i32>,
+    pub truncate_ip: Option<bool>,
+}
+
+/// The caller's tenant's settings.
+pub async fn settings(db: &DatabaseConnection, ctx: &TenantCtx) -> AppResult<TenantSettings> {
+    let tenant = find(db, ctx.tenant_id)
+        .await?
+        .ok_or(AppError::NotFound("tenant"))?;
+    Ok(TenantSettings::from_json(&tenant.settings))
+}
+
+/// Changes the caller's own tenant's settings (ADMIN and up), audited.
+pub async fn update_settings(
+    db: &DatabaseConnection,
+    ctx: &TenantCtx,
+    meta: &RequestMeta,
+    change: SettingsChange,
+) -> AppResult<tenant::Model> {
+    if !ctx.role.at_least(Role::Admin) {
+        return Err(AppError::Forbidden("requires role ADMIN or higher".into()));
+    }
+    if let Some(days) = change.retention_days
+        && !(1..=MAX_RETENTION_DAYS as i32).contains(&days)
+    {
+        return Err(AppError::bad_input(
+            "retentionDays",
+            format!("must be between 1 and {MAX_RETENTION_DAYS}"),
+        ));
+    }
+    let txn = db.begin().await?;
+    let current = tenant::Entity::find_by_id(ctx.tenant_id)
+        .one(&txn)
+        .await?
+        .ok_or(AppError::NotFound("tenant"))?;
+    let before = current.settings.clone();
+    let mut settings = match &current.settings {
+        serde_json::Value::Object(map) => map.clone(),
+        _ => serde_json::Map::new(),
+    };
+    if let Some(days) = change.retention_days {
+        settings.insert("retention_days".into(), json!(days));
+    }
+    if let Some(truncate) = change.truncate_ip {
+        settings.insert("truncate_ip".into(), json!(truncate));
+    }
+    let mut active = current.into_active_model();
+    active.settings = Set(serde_json::Value::Object(settings));
+    active.updated_at = Set(chrono::Utc::now());
+    let updated = active.update(&txn).await?;
+    audit::record(
+        &txn,
+        ctx.tenant_id,
+        &Actor::of(ctx),
+        meta,
+        Change {
+            action: "tenant.update_settings",
+            resource_type: "tenant",
+            resource_id: Some(updated.id.to_string()),
+            before: Some(before),
+            after: Some(updated.settings.clone()),
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(updated)
+}
+
 /// Slugs name tenants in tokens, URLs and keys: 2 to 63 characters of
 /// lower-case letters, digits and inner hyphens.
 pub fn validate_slug(raw: &str) -> AppResult<String> {
@@ -244,6 +358,18 @@ fn validate_domain(domain: String) -> AppResult<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_fall_back_to_defaults() {
+        assert_eq!(
+            TenantSettings::from_json(&json!({})),
+            TenantSettings::default()
+        );
+        let s = TenantSettings::from_json(&json!({ "retention_days": 30, "truncate_ip": true }));
+        assert_eq!((s.retention_days, s.truncate_ip), (30, true));
+        let odd = TenantSettings::from_json(&json!({ "retention_days": 0, "truncate_ip": "yes" }));
+        assert_eq!(odd, TenantSettings::default());
+    }
 
     #[test]
     fn slugs_are_checked() {

@@ -7,6 +7,7 @@
 //! `RequestMeta` into each request's data.
 
 mod audit;
+mod events;
 mod extension;
 mod guard;
 mod session;
@@ -27,6 +28,7 @@ pub struct Query(
     users::UserQuery,
     tenants::TenantQuery,
     audit::AuditQuery,
+    events::EventQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -34,6 +36,7 @@ pub struct Mutation(
     session::SessionMutation,
     users::UserMutation,
     tenants::TenantMutation,
+    events::EventMutation,
 );
 
 pub type PulseSchema = Schema<Query, Mutation, EmptySubscription>;

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use super::guard::{RoleGuard, meta, state, tenant};
 use crate::auth::Role;
-use crate::domain::tenants::{self, NewTenant};
+use crate::domain::tenants::{self, NewTenant, SettingsChange};
 use crate::entities::tenant;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
@@ -88,6 +88,15 @@ impl TenantQuery {
     }
 }
 
+/// Settings a tenant's admins control; omitted fields stay as they are.
+#[derive(InputObject)]
+pub struct TenantSettingsInput {
+    /// Events older than this many days are refused and removed (1 to 3650; default 400).
+    pub retention_days: Option<i32>,
+    /// Store client IPs truncated (IPv4 /24, IPv6 /48).
+    pub truncate_ip: Option<bool>,
+}
+
 #[derive(Default)]
 pub struct TenantMutation;
 
@@ -129,6 +138,26 @@ impl TenantMutation {
             meta(ctx),
             &slug,
             status.into(),
+        )
+        .await?;
+        Ok(Tenant(updated))
+    }
+
+    /// Changes the caller's own tenant's settings (ADMIN and up).
+    #[graphql(guard = "RoleGuard::new(Role::Admin)")]
+    async fn update_tenant_settings(
+        &self,
+        ctx: &Context<'_>,
+        input: TenantSettingsInput,
+    ) -> Result<Tenant> {
+        let updated = tenants::update_settings(
+            &state(ctx)?.db,
+            tenant(ctx)?,
+            meta(ctx),
+            SettingsChange {
+                retention_days: input.retention_days,
+                truncate_ip: input.truncate_ip,
+            },
         )
         .await?;
         Ok(Tenant(updated))

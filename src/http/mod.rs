@@ -1,10 +1,11 @@
-//! HTTP transport: the router, GraphQL over HTTP and WebSocket, and the
-//! operational routes (health, readiness, metrics).
+//! HTTP transport: the router, GraphQL over HTTP and WebSocket, bulk event
+//! ingestion, and the operational routes (health, readiness, metrics).
 //!
 //! Every request passes through [`observe`], which assigns a request id
 //! (honouring a sane `X-Request-Id`), opens the tracing span that later
 //! records tenant and operation, and logs one line with status and duration.
 
+mod events;
 mod graphql;
 mod ops;
 
@@ -15,7 +16,7 @@ use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tracing::Instrument;
 
 use crate::app::AppState;
@@ -41,6 +42,7 @@ pub fn router(app: AppState, schema: PulseSchema) -> Router {
             get(graphql::get_graphql).post(graphql::post_graphql),
         )
         .route("/graphql/ws", get(graphql::websocket))
+        .route("/v1/events", post(events::post_events))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

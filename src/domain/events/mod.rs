@@ -1,0 +1,125 @@
+//! Events: validation, the group-commit writer, storage, reading, and
+//! retention.
+//!
+//! Both entry points (`POST /v1/events` and the `ingestEvents` mutation)
+//! call [`ingest`]: validate the whole batch, then hand it to the
+//! [`writer::Writer`], which answers only after the events are committed.
+//!
+//! Storage differs by backend (see the `events` migration): PostgreSQL
+//! keeps timestamps as `timestamptz` in monthly partitions, SQLite as
+//! integer microseconds. Events therefore have no sea-orm entity; `store`
+//! and `query` speak to each backend directly, behind one interface.
+
+pub mod query;
+pub mod retention;
+pub mod store;
+pub mod validate;
+pub mod writer;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::auth::{Role, TenantCtx};
+use crate::domain::tenants;
+use crate::error::{AppError, AppResult};
+use validate::Incoming;
+pub use writer::{IngestCounts, Writer};
+
+/// How events arrived, stored in `events.source`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Http,
+    Graphql,
+    Demo,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Http => "http",
+            Source::Graphql => "graphql",
+            Source::Demo => "demo",
+        }
+    }
+}
+
+/// What the request tells about where events came from.
+#[derive(Clone, Debug)]
+pub struct RequestFacts {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub source: Source,
+}
+
+/// A validated event, ready to store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub id: Uuid,
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    /// Always a JSON object.
+    pub properties: Value,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub source: Source,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Validates a batch for the caller's tenant and commits it. Answers only
+/// once the events are durable.
+pub async fn ingest(
+    db: &sea_orm::DatabaseConnection,
+    writer: &Writer,
+    ctx: &TenantCtx,
+    mut facts: RequestFacts,
+    items: Vec<Incoming>,
+) -> AppResult<IngestCounts> {
+    if !ctx.role.at_least(Role::Editor) {
+        return Err(AppError::Forbidden("requires role EDITOR or higher".into()));
+    }
+    let settings = tenants::settings(db, ctx).await?;
+    if settings.truncate_ip {
+        facts.ip = facts.ip.as_deref().map(truncate_ip);
+    }
+    let received = items.len() as u64;
+    let events =
+        match validate::validate_batch(items, writer.max_batch(), &settings, &facts, Utc::now()) {
+            Ok(events) => events,
+            Err(e) => {
+                // All or nothing: every event of a rejected batch counts.
+                writer.record_rejected(received);
+                return Err(e);
+            }
+        };
+    writer.submit(ctx.tenant_id, events).await
+}
+
+/// Keeps the network part of an address: IPv4 /24, IPv6 /48.
+pub fn truncate_ip(ip: &str) -> String {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => {
+            let [a, b, c, _] = v4.octets();
+            std::net::Ipv4Addr::new(a, b, c, 0).to_string()
+        }
+        Ok(std::net::IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0).to_string()
+        }
+        Err(_) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ips_truncate_to_their_network() {
+        assert_eq!(truncate_ip("203.0.113.77"), "203.0.113.0");
+        assert_eq!(truncate_ip("2001:db8:abcd:12::1"), "2001:db8:abcd::");
+        assert_eq!(truncate_ip("garbage"), "");
+    }
+}

@@ -1,0 +1,50 @@
+//! Background work that `serve` runs beside the server: keeping event
+//! partitions ahead of time and applying retention. Each job is idempotent
+//! and safe to run in several processes at once; a failed round is logged
+//! and retried on the next tick.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::app::AppState;
+use crate::domain::events::retention;
+
+/// How many months of partitions are kept ready ahead of the current one.
+pub const PARTITIONS_AHEAD: i32 = 2;
+const PARTITION_EVERY: Duration = Duration::from_secs(6 * 3600);
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+/// Starts the jobs; abort the handles to stop them.
+pub fn spawn(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    let partitions = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PARTITION_EVERY);
+            loop {
+                tick.tick().await;
+                if let Err(e) = state
+                    .event_store
+                    .partitions()
+                    .ensure_window(&state.db, PARTITIONS_AHEAD)
+                    .await
+                {
+                    tracing::warn!(error = format!("{e:#}"), "cannot create event partitions");
+                }
+            }
+        })
+    };
+    let retention = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RETENTION_EVERY);
+            loop {
+                tick.tick().await;
+                if let Err(e) = retention::run_once(&state.event_store, Utc::now()).await {
+                    tracing::warn!(error = format!("{e:#}"), "retention failed");
+                }
+            }
+        })
+    };
+    vec![partitions, retention]
+}
