@@ -131,6 +131,13 @@ impl Event {
     async fn source(&self) -> &str {
         &self.0.source
     }
+    /// The sender's address (truncated when the tenant asks for it).
+    async fn ip(&self) -> Option<&str> {
+        self.0.ip.as_deref().filter(|ip| !ip.is_empty())
+    }
+    async fn user_agent(&self) -> Option<&str> {
+        self.0.user_agent.as_deref()
+    }
 }
 
 #[derive(Default)]

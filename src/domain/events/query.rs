@@ -44,6 +44,8 @@ pub struct EventRecord {
     pub properties: Value,
     pub received_at: DateTime<Utc>,
     pub source: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 impl EventRecord {
@@ -77,7 +79,9 @@ fn micros_to_time(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-const COLUMNS: [&str; 8] = [
+const COLUMNS: [&str; 10] = [
+    "ip",
+    "user_agent",
     "id",
     "type",
     "occurred_at",
@@ -178,7 +182,7 @@ fn property_equals(backend: DbBackend, key: &str, value: &Value) -> AppResult<Ex
         let mut probe = Map::new();
         probe.insert(key.to_owned(), value.clone());
         return Ok(Expr::cust_with_values(
-            "properties @> ?::jsonb",
+            "properties @> CAST($1 AS jsonb)",
             [Value::Object(probe).to_string()],
         ));
     }
@@ -228,5 +232,7 @@ fn decode(backend: DbBackend, row: &QueryResult) -> AppResult<EventRecord> {
         properties,
         received_at,
         source: row.try_get("", "source")?,
+        ip: row.try_get("", "ip")?,
+        user_agent: row.try_get("", "user_agent")?,
     })
 }
