@@ -32,6 +32,8 @@ pub struct Config {
     pub log: LogConfig,
     pub limits: Limits,
     pub ingest: IngestConfig,
+    /// The statement timeout of metric queries (`QUERY_TIMEOUT` past it).
+    pub query_timeout: Duration,
     /// Whether `serve` seeds the demo tenants.
     pub demo: Demo,
     /// How long shutdown waits for in-flight requests before giving up.
@@ -209,6 +211,12 @@ impl Config {
                     Some(raw) => parse_proxies(&raw)?,
                 },
             },
+            query_timeout: Duration::from_millis(number(
+                &get,
+                "PULSE_QUERY_TIMEOUT_MS",
+                10_000,
+                1..=600_000,
+            )?),
             demo,
             // API.md promises exit within 10 s; leave room to close the pool.
             shutdown_grace: Duration::from_secs(8),

@@ -36,6 +36,9 @@ pub enum AppError {
     QuotaExceeded(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A query ran past its statement timeout and was cancelled.
+    #[error("{0}")]
+    QueryTimeout(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -75,6 +78,7 @@ impl AppError {
             AppError::NotFound(_) => "NOT_FOUND",
             AppError::QuotaExceeded(_) => "QUOTA_EXCEEDED",
             AppError::Unavailable(_) => "UNAVAILABLE",
+            AppError::QueryTimeout(_) => "QUERY_TIMEOUT",
             AppError::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }

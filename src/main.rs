@@ -12,7 +12,7 @@ use anyhow::{Context as _, anyhow};
 use clap::{Parser, Subcommand};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 
-use pulse::app::{Application, shutdown_signal};
+use pulse::app::{AppState, Application, shutdown_signal};
 use pulse::auth::Role;
 use pulse::auth::jwt::{self, JwtKeys};
 use pulse::config::{Config, Demo};
@@ -107,12 +107,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ttl,
         } => token(&config, &tenant, role, user, ttl).await,
         Command::SeedDemo => {
-            let db = connect(&config).await?;
-            db::migrate(&db).await.context("cannot apply migrations")?;
-            let report = demo::seed(&db).await.context("cannot seed the demo data")?;
+            let state = AppState::connect(config).await?;
+            let report = demo::seed(&state.db)
+                .await
+                .context("cannot seed the demo data")?;
+            let events = demo::seed_events(&state.db, &state.writer)
+                .await
+                .context("cannot seed the demo events")?;
+            state.writer.close().await;
             eprintln!(
-                "pulse: demo data ready ({} tenants and {} users created)",
-                report.tenants_created, report.users_created
+                "pulse: demo data ready ({} tenants, {} users and {} events created)",
+                report.tenants_created, report.users_created, events
             );
             print_accounts(&report);
             Ok(())
@@ -150,6 +155,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "seeded the demo data"
         );
         print_accounts(&report);
+    }
+    if seed {
+        let seeding = std::time::Instant::now();
+        let events = demo::seed_events(&state.db, &state.writer)
+            .await
+            .context("cannot seed the demo events")?;
+        if events > 0 {
+            tracing::info!(
+                events,
+                seconds = seeding.elapsed().as_secs_f64(),
+                "seeded the demo events"
+            );
+        }
     }
     let addr = app.local_addr()?;
     tracing::info!(

@@ -46,6 +46,12 @@ pub struct CodeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `raw` or `rollup`.
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
     pub state: &'static str,
 }
@@ -65,6 +71,8 @@ pub struct Metrics {
     pub ingest_saturated: Counter,
     pub ingest_group_events: Histogram,
     pub ingest_commit_seconds: Histogram,
+    pub metric_queries: Family<SourceLabels, Counter>,
+    pub metric_query_seconds: Family<SourceLabels, Histogram, fn() -> Histogram>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -141,8 +149,25 @@ impl Metrics {
             "Latency of one group commit",
             ingest_commit_seconds.clone(),
         );
+        let metric_queries = Family::<SourceLabels, Counter>::default();
+        let metric_query_seconds =
+            Family::<SourceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "metric_queries",
+            "Metric queries answered, by source (raw events or rollups)",
+            metric_queries.clone(),
+        );
+        registry.register(
+            "metric_query_db_seconds",
+            "Database time of metric queries, by source",
+            metric_query_seconds.clone(),
+        );
         Metrics {
             registry,
+            metric_queries,
+            metric_query_seconds,
             events_accepted,
             events_duplicate,
             events_rejected,
@@ -155,6 +180,14 @@ impl Metrics {
             db_pool,
             db_pool_max,
         }
+    }
+
+    pub fn record_query(&self, source: &'static str, db_time: std::time::Duration) {
+        let labels = SourceLabels { source };
+        self.metric_queries.get_or_create(&labels).inc();
+        self.metric_query_seconds
+            .get_or_create(&labels)
+            .observe(db_time.as_secs_f64());
     }
 
     /// The Prometheus text exposition of every metric.

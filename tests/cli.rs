@@ -234,17 +234,20 @@ impl Drop for Server {
 
 /// Starts `pulse serve` on a free port with JSON logs; returns the server,
 /// its address and a reader of its log lines.
-fn serve(dir: &tempfile::TempDir) -> (Server, String, std::sync::mpsc::Receiver<String>) {
+/// `database_url` is an in-process test app's, so the test can make
+/// fixtures there.
+fn serve(
+    dir: &tempfile::TempDir,
+    database_url: &str,
+) -> (Server, String, std::sync::mpsc::Receiver<String>) {
     let mut cmd = pulse(dir);
     cmd.arg("serve")
         .env("PULSE_LISTEN", "127.0.0.1:0")
         .env("PULSE_LOG_FORMAT", "json")
-        .env("PULSE_DEMO", "1")
+        .env("PULSE_DEMO", "0")
+        .env("PULSE_DATABASE_URL", database_url)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    if let Some(url) = postgres_url() {
-        cmd.env("PULSE_DATABASE_URL", url);
-    }
     let mut child = Server(cmd.spawn().expect("spawn pulse serve"));
     let stderr = child.0.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -270,25 +273,20 @@ fn serve(dir: &tempfile::TempDir) -> (Server, String, std::sync::mpsc::Receiver<
 
 #[tokio::test]
 async fn serve_logs_json_request_spans_without_secrets_and_stops_on_sigterm() {
-    let dir = scratch();
-    let (mut child, addr, logs) = serve(&dir);
-    let keys = JwtKeys::new(
-        TEST_SECRET.as_bytes(),
-        &JwtConfig {
-            secret: None,
-            issuer: None,
-            audience: None,
-            leeway: Duration::ZERO,
-        },
-    );
-    let token = keys
-        .mint(
-            "admin@acme.example",
-            "acme",
-            Role::Admin,
-            Duration::from_secs(600),
+    let app = spawn_app().await;
+    let acme = app.tenant("acme").await;
+    let password = "a password for the log test";
+    let created = app
+        .gql_as(
+            &app.token(&acme, Role::Admin),
+            "mutation($i: UserInput!) { createUser(input: $i) { id } }",
+            json!({ "i": { "email": "logged@example.com", "password": password, "role": "ADMIN" } }),
         )
-        .expect("mint");
+        .await;
+    data(&created);
+    let dir = scratch();
+    let (mut child, addr, logs) = serve(&dir, &app.state.config.database.url);
+    let token = app.token(&acme, Role::Admin);
     let client = reqwest::Client::new();
     let resp = client
         .post(format!("http://{addr}/graphql"))
@@ -300,7 +298,10 @@ async fn serve_logs_json_request_spans_without_secrets_and_stops_on_sigterm() {
         .expect("send");
     let body: Value = resp.json().await.expect("json");
     assert_eq!(data(&body)["me"]["role"], "ADMIN");
-    let login = json!({ "query": "mutation { login(tenant: \"acme\", email: \"admin@acme.example\", password: \"demo-admin-acme\") { token } }" });
+    let login = json!({
+        "query": "mutation($t: String!, $p: String!) { login(tenant: $t, email: \"logged@example.com\", password: $p) { token } }",
+        "variables": { "t": acme.slug, "p": password },
+    });
     let body: Value = client
         .post(format!("http://{addr}/graphql"))
         .json(&login)
@@ -332,7 +333,7 @@ async fn serve_logs_json_request_spans_without_secrets_and_stops_on_sigterm() {
 
     let lines: Vec<String> = logs.try_iter().collect();
     let all = lines.join("\n");
-    for secret in [token.as_str(), TEST_SECRET, "demo-admin-acme"] {
+    for secret in [token.as_str(), TEST_SECRET, password] {
         assert!(!all.contains(secret), "a secret reached the log:\n{all}");
     }
     let entries: Vec<Value> = lines
@@ -343,7 +344,7 @@ async fn serve_logs_json_request_spans_without_secrets_and_stops_on_sigterm() {
         .iter()
         .find(|e| e["message"] == "request finished" && e["span"]["request_id"] == "cli-span-1")
         .unwrap_or_else(|| panic!("no request line in\n{all}"));
-    assert_eq!(finished["span"]["tenant"], "acme");
+    assert_eq!(finished["span"]["tenant"], acme.slug.as_str());
     assert_eq!(finished["span"]["operation"], "WhoAmI");
     assert!(finished["duration_ms"].is_number());
     assert!(entries.iter().any(|e| e["message"] == "stopped"), "{all}");

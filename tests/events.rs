@@ -617,10 +617,12 @@ async fn retention_removes_exactly_the_events_past_each_tenants_cutoff() {
         data(&body)["updateTenantSettings"]["settings"]["retention_days"],
         30
     );
-    let report = pulse::domain::events::retention::run_once(&app.state.event_store, Utc::now())
+    // Every server in a shared test database runs this job when it starts,
+    // so another test's server may get there first: what counts is what
+    // is left, not who deleted it.
+    pulse::domain::events::retention::run_once(&app.state.event_store, Utc::now())
         .await
         .expect("retention");
-    assert!(report.events_deleted >= 3, "{report:?}");
 
     let left = |t: &TestTenant| {
         let (app, token) = (&app, app.token(t, Role::Viewer));
@@ -886,4 +888,41 @@ async fn acknowledged_events_survive_a_sigkill() {
         .await);
     acknowledged.sort();
     assert_eq!(stored, acknowledged);
+}
+
+#[tokio::test]
+async fn demo_seeding_goes_through_the_writer_and_is_idempotent() {
+    let app = spawn_isolated_app().await;
+    let db = &app.state.db;
+    pulse::domain::demo::seed(db).await.expect("accounts");
+    let writer = &app.state.writer;
+    let first = pulse::domain::demo::seed_n_events(db, writer, 2_000)
+        .await
+        .expect("events");
+    assert_eq!(first, 4_000);
+    let again = pulse::domain::demo::seed_n_events(db, writer, 2_000)
+        .await
+        .expect("events");
+    assert_eq!(again, 0);
+    let report = pulse::domain::demo::seed(db).await.expect("accounts again");
+    assert_eq!((report.tenants_created, report.users_created), (0, 0));
+    let token = app
+        .state
+        .keys
+        .mint(
+            "viewer@acme.example",
+            "acme",
+            Role::Viewer,
+            Duration::from_secs(60),
+        )
+        .expect("mint");
+    let purchases = app
+        .all_events(&token, json!({ "types": ["purchase"] }))
+        .await;
+    assert!(!purchases.is_empty());
+    assert!(
+        purchases
+            .iter()
+            .all(|e| e["properties"]["amount"].is_number() && e["source"] == "demo")
+    );
 }

@@ -9,6 +9,8 @@ mod cli;
 mod events;
 mod http;
 mod isolation;
+mod journeys;
+mod metrics;
 mod rls;
 mod tenants;
 mod users;

@@ -9,6 +9,7 @@ mod m20261122_000002_create_users;
 mod m20261122_000003_create_audit_log;
 mod m20261122_000004_enable_row_level_security;
 mod m20261122_000005_create_events;
+mod m20261122_000006_create_analytics_aggregates;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000003_create_audit_log::Migration),
             Box::new(m20261122_000004_enable_row_level_security::Migration),
             Box::new(m20261122_000005_create_events::Migration),
+            Box::new(m20261122_000006_create_analytics_aggregates::Migration),
         ]
     }
 }

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod demo;
 pub mod events;
+pub mod metrics;
 pub mod page;
 pub mod tenants;
 pub mod users;

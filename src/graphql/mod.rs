@@ -10,6 +10,8 @@ mod audit;
 mod events;
 mod extension;
 mod guard;
+mod metrics;
+mod provenance;
 mod session;
 mod tenants;
 mod users;
@@ -29,6 +31,7 @@ pub struct Query(
     tenants::TenantQuery,
     audit::AuditQuery,
     events::EventQuery,
+    metrics::MetricQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -46,7 +49,8 @@ pub fn build(state: Option<AppState>, limits: &Limits) -> PulseSchema {
     let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
-        .extension(ErrorCodes);
+        .extension(ErrorCodes)
+        .extension(provenance::QueryProvenance);
     if let Some(state) = state {
         builder = builder.data(state);
     }

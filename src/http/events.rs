@@ -30,6 +30,7 @@ pub fn error_response(err: AppError) -> Response {
         AppError::NotFound(_) => StatusCode::NOT_FOUND,
         AppError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        AppError::QueryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     // `extend` logs internal errors with the request id and hides them.

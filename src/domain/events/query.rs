@@ -75,6 +75,19 @@ pub(crate) fn time_value(backend: DbBackend, t: DateTime<Utc>) -> SqlValue {
     }
 }
 
+/// A timestamp column as each backend stores it: the inverse of
+/// [`time_value`].
+pub(crate) fn time_at<I: sea_orm::ColIdx>(
+    backend: DbBackend,
+    row: &QueryResult,
+    index: I,
+) -> Result<DateTime<Utc>, sea_orm::DbErr> {
+    match backend {
+        DbBackend::Postgres => row.try_get_by::<DateTime<Utc>, I>(index),
+        _ => Ok(micros_to_time(row.try_get_by::<i64, I>(index)?)),
+    }
+}
+
 fn micros_to_time(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
@@ -210,19 +223,13 @@ fn property_equals(backend: DbBackend, key: &str, value: &Value) -> AppResult<Ex
 }
 
 fn decode(backend: DbBackend, row: &QueryResult) -> AppResult<EventRecord> {
-    let (occurred_at, received_at, properties) = match backend {
-        DbBackend::Postgres => (
-            row.try_get::<DateTime<Utc>>("", "occurred_at")?,
-            row.try_get::<DateTime<Utc>>("", "received_at")?,
-            row.try_get::<Value>("", "properties")?,
-        ),
-        _ => (
-            micros_to_time(row.try_get::<i64>("", "occurred_at")?),
-            micros_to_time(row.try_get::<i64>("", "received_at")?),
-            serde_json::from_str(&row.try_get::<String>("", "properties")?)
-                .map_err(AppError::internal)?,
-        ),
+    let properties = match backend {
+        DbBackend::Postgres => row.try_get::<Value>("", "properties")?,
+        _ => serde_json::from_str(&row.try_get::<String>("", "properties")?)
+            .map_err(AppError::internal)?,
     };
+    let occurred_at = time_at(backend, row, "occurred_at")?;
+    let received_at = time_at(backend, row, "received_at")?;
     Ok(EventRecord {
         id: row.try_get("", "id")?,
         event_type: row.try_get("", "type")?,

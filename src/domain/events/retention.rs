@@ -29,7 +29,11 @@ pub async fn run_once(store: &Store, now: DateTime<Utc>) -> anyhow::Result<Reten
         .iter()
         .map(|t| {
             let days = TenantSettings::from_json(&t.settings).retention_days;
-            (t.id, now - Duration::days(i64::from(days)))
+            // Whole hours, so the hourly aggregates lose exactly the
+            // events that go.
+            let cutoff = now - Duration::days(i64::from(days));
+            let hour = cutoff.timestamp().div_euclid(3600) * 3600;
+            (t.id, DateTime::from_timestamp(hour, 0).unwrap_or(cutoff))
         })
         .collect();
     let mut report = RetentionReport::default();
@@ -54,6 +58,12 @@ pub async fn run_once(store: &Store, now: DateTime<Utc>) -> anyhow::Result<Reten
                 report.events_deleted += result.rows_affected();
             }
         }
+        let delete = Query::delete()
+            .from_table(Alias::new("analytics_aggregates"))
+            .and_where(Expr::col(Alias::new("tenant_id")).eq(tenant_id))
+            .and_where(Expr::col(Alias::new("hour_start")).lt(time_value(backend, cutoff)))
+            .to_owned();
+        db.execute(&delete).await?;
     }
     if report != RetentionReport::default() {
         tracing::info!(

@@ -28,6 +28,12 @@ pub struct Row<'a> {
 /// of 32,766 bound variables.
 const SQLITE_CHUNK: usize = 1_000;
 
+const HOUR_MICROS: i64 = 3_600_000_000;
+
+/// Stores the fresh events of a group and adds them to the hourly
+/// aggregates, in one statement and so one transaction. Aggregate rows are
+/// upserted in key order, so concurrent writers lock them in the same
+/// order and cannot deadlock.
 const POSTGRES_INSERT: &str = r#"
 WITH input AS (
     SELECT * FROM unnest(
@@ -39,12 +45,20 @@ WITH input AS (
     SELECT tenant_id, id, occurred_at FROM input
     ON CONFLICT DO NOTHING
     RETURNING tenant_id, id
+), stored AS (
+    INSERT INTO events (tenant_id, id, type, occurred_at, user_id, session_id, properties, ip, user_agent, source, received_at)
+    SELECT i.tenant_id, i.id, i.type, i.occurred_at, i.user_id, i.session_id, i.properties::jsonb,
+           i.ip, i.user_agent, i.source, i.received_at
+    FROM input i JOIN fresh f ON f.tenant_id = i.tenant_id AND f.id = i.id
+    RETURNING tenant_id, id, type, occurred_at
+), counted AS (
+    INSERT INTO analytics_aggregates (tenant_id, event_type, hour_start, event_count)
+    SELECT tenant_id, type, date_trunc('hour', occurred_at, 'UTC'), count(*)
+    FROM stored GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (tenant_id, event_type, hour_start)
+    DO UPDATE SET event_count = analytics_aggregates.event_count + excluded.event_count
 )
-INSERT INTO events (tenant_id, id, type, occurred_at, user_id, session_id, properties, ip, user_agent, source, received_at)
-SELECT i.tenant_id, i.id, i.type, i.occurred_at, i.user_id, i.session_id, i.properties::jsonb,
-       i.ip, i.user_agent, i.source, i.received_at
-FROM input i JOIN fresh f ON f.tenant_id = i.tenant_id AND f.id = i.id
-RETURNING tenant_id, id
+SELECT tenant_id, id FROM stored
 "#;
 
 /// Where events are written, and which PostgreSQL partitions exist.
@@ -101,7 +115,12 @@ impl Store {
         let mut agents = Vec::with_capacity(n);
         let mut sources = Vec::with_capacity(n);
         let mut received = Vec::with_capacity(n);
-        for r in rows {
+        // In index order, PostgreSQL's B-tree inserts touch far fewer
+        // distinct pages: the primary key and the type index lead with
+        // (tenant, type/time).
+        let mut order: Vec<&Row<'_>> = rows.iter().collect();
+        order.sort_unstable_by_key(|r| (r.tenant_id, r.event.occurred_at));
+        for r in order {
             let e = r.event;
             tenant_ids.push(r.tenant_id);
             ids.push(e.id);
@@ -138,6 +157,7 @@ impl Store {
     async fn insert_sqlite(&self, rows: &[Row<'_>]) -> anyhow::Result<HashSet<(Uuid, Uuid)>> {
         let mut txn = self.db.get_sqlite_connection_pool().begin().await?;
         let mut stored = HashSet::with_capacity(rows.len());
+        let mut hourly: std::collections::BTreeMap<(Uuid, String, i64), i64> = Default::default();
         for chunk in rows.chunks(SQLITE_CHUNK) {
             let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO events (tenant_id, id, type, occurred_at, user_id, session_id, \
@@ -157,10 +177,36 @@ impl Store {
                     .push_bind(e.source.as_str())
                     .push_bind(e.received_at.timestamp_micros());
             });
-            query.push(" ON CONFLICT DO NOTHING RETURNING tenant_id, id");
+            query.push(" ON CONFLICT DO NOTHING RETURNING tenant_id, id, type, occurred_at");
             for row in query.build().fetch_all(&mut *txn).await? {
                 stored.insert((row.try_get(0)?, row.try_get(1)?));
+                let hour = row.try_get::<i64, _>(3)?.div_euclid(HOUR_MICROS) * HOUR_MICROS;
+                *hourly
+                    .entry((
+                        row.try_get::<Uuid, _>(0)?,
+                        row.try_get::<String, _>(2)?,
+                        hour,
+                    ))
+                    .or_insert(0) += 1;
             }
+        }
+        // The hourly aggregates, in the same transaction.
+        let hourly: Vec<_> = hourly.into_iter().collect();
+        for chunk in hourly.chunks(SQLITE_CHUNK) {
+            let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO analytics_aggregates (tenant_id, event_type, hour_start, event_count) ",
+            );
+            query.push_values(chunk, |mut b, ((tenant, event_type, hour), count)| {
+                b.push_bind(*tenant)
+                    .push_bind(event_type.clone())
+                    .push_bind(*hour)
+                    .push_bind(*count);
+            });
+            query.push(
+                " ON CONFLICT (tenant_id, event_type, hour_start) \
+                 DO UPDATE SET event_count = event_count + excluded.event_count",
+            );
+            query.build().execute(&mut *txn).await?;
         }
         txn.commit().await?;
         Ok(stored)

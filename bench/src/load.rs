@@ -1,0 +1,163 @@
+//! Scenario `load`: fills a database with a realistic event history for
+//! the query benchmarks, through `/v1/events` (so the rollups are kept the
+//! way production keeps them).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::bail;
+use rand::{Rng, SeedableRng as _};
+
+use crate::server::ServerArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Events in all, spread evenly over the tenants.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub events: u64,
+    /// Demo tenants to fill.
+    #[arg(long, value_delimiter = ',', default_value = "acme,globex")]
+    pub tenants: Vec<String>,
+    /// Days of history, ending now.
+    #[arg(long, default_value_t = 90)]
+    pub days: i64,
+    /// Distinct users per tenant.
+    #[arg(long, default_value_t = 50_000)]
+    pub users: u32,
+    #[arg(long, default_value_t = 4)]
+    pub senders: usize,
+}
+
+pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+    args.server.seed_demo().await?;
+    let mut tokens = Vec::new();
+    for t in &args.tenants {
+        tokens.push(args.server.token(t, "EDITOR").await?);
+    }
+    let server = args.server.start().await?;
+    let url = Arc::new(format!("{}/v1/events", server.base));
+    let tokens = Arc::new(tokens);
+    let sent = Arc::new(AtomicU64::new(0));
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for sender in 0..args.senders {
+        let (client, url, tokens, sent) =
+            (client.clone(), url.clone(), tokens.clone(), sent.clone());
+        let (total, days, users) = (args.events, args.days, args.users);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+            let mut body = String::new();
+            let mut batch_no = sender;
+            loop {
+                let claimed = sent.fetch_add(1_000, Ordering::Relaxed);
+                if claimed >= total {
+                    return anyhow::Ok(());
+                }
+                let n = (total - claimed).min(1_000) as usize;
+                generate(&mut body, n, days, users, &mut rng);
+                let token = &tokens[batch_no % tokens.len()];
+                batch_no += 1;
+                let resp = client
+                    .post(url.as_str())
+                    .bearer_auth(token)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                if resp.status() != reqwest::StatusCode::ACCEPTED {
+                    bail!("HTTP {}: {}", resp.status(), resp.text().await?);
+                }
+                if claimed % 500_000 == 0 {
+                    eprintln!(
+                        "  {claimed} events sent, {:.0} s",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "load: {} events into {} in {elapsed:.0} s ({:.0} events/s)",
+        args.events,
+        args.tenants.join(", "),
+        args.events as f64 / elapsed
+    );
+    server.stop().await
+}
+
+const PATHS: [&str; 8] = [
+    "/",
+    "/pricing",
+    "/docs",
+    "/blog",
+    "/signup",
+    "/app",
+    "/app/settings",
+    "/changelog",
+];
+const PLANS: [&str; 3] = ["starter", "pro", "business"];
+const COUNTRIES: [&str; 6] = ["US", "DE", "GB", "FR", "IN", "BR"];
+
+/// A JSON array of `n` events over the last `days`: mostly page views,
+/// then email activity, sign-ups and purchases with amounts.
+fn generate(out: &mut String, n: usize, days: i64, users: u32, rng: &mut impl Rng) {
+    out.clear();
+    out.push('[');
+    let now = chrono::Utc::now();
+    for i in 0..n {
+        if i > 0 {
+            out.push(',');
+        }
+        let at = now - chrono::Duration::seconds(rng.random_range(60..days * 86_400));
+        let ts = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let user = rng.random_range(0..users);
+        let country = COUNTRIES[rng.random_range(0..COUNTRIES.len())];
+        let roll: f64 = rng.random();
+        let (kind, props) = if roll < 0.70 {
+            let path = PATHS[rng.random_range(0..PATHS.len())];
+            (
+                "page_view",
+                format!(
+                    r#"{{"path":"{path}","country":"{country}","ms":{}}}"#,
+                    rng.random_range(20..3000)
+                ),
+            )
+        } else if roll < 0.90 {
+            let kind = [
+                "email.sent",
+                "email.delivered",
+                "email.opened",
+                "email.clicked",
+            ][rng.random_range(0..4)];
+            (
+                kind,
+                format!(r#"{{"campaign":"c{}"}}"#, rng.random_range(0..12)),
+            )
+        } else if roll < 0.95 {
+            ("signup", format!(r#"{{"country":"{country}"}}"#))
+        } else {
+            let plan = PLANS[rng.random_range(0..PLANS.len())];
+            let amount = rng.random_range(500..50_000) as f64 / 100.0;
+            (
+                "purchase",
+                format!(r#"{{"plan":"{plan}","amount":{amount},"country":"{country}"}}"#),
+            )
+        };
+        let _ = write!(
+            out,
+            r#"{{"id":"{}","type":"{kind}","timestamp":"{ts}","userId":"user-{user}","sessionId":"s-{user}-{}","properties":{props}}}"#,
+            uuid::Uuid::new_v4(),
+            at.timestamp() / 1800,
+        );
+    }
+    out.push(']');
+}

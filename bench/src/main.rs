@@ -1,0 +1,36 @@
+//! `pulse-bench`: the benchmark scenarios of `bench/README.md`. Each one
+//! starts its own `pulse` server (the release binary), drives it over HTTP
+//! like a client would, and checks the database afterwards.
+
+mod ingest;
+mod load;
+mod queries;
+mod server;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "pulse-bench", about = "Pulse benchmark scenarios")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Concurrent senders POSTing event batches to /v1/events.
+    Ingest(ingest::IngestArgs),
+    /// Fill a database with a realistic history through /v1/events.
+    Load(load::LoadArgs),
+    /// The metric benchmark queries, one at a time.
+    Queries(queries::QueriesArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().scenario {
+        Scenario::Ingest(args) => ingest::run(args).await,
+        Scenario::Load(args) => load::run(args).await,
+        Scenario::Queries(args) => queries::run(args).await,
+    }
+}

@@ -1,0 +1,210 @@
+//! The metric query engine: a [`MetricQuery`] is validated into a
+//! [`Plan`](plan::Plan), answered from raw events, and assembled into
+//! series with every bucket present.
+
+pub mod journey;
+pub mod plan;
+pub mod raw;
+pub mod time;
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
+};
+use serde_json::{Map, Value};
+
+pub use plan::{FilterOp, Measure, MetricQuery};
+pub use time::Granularity;
+
+use crate::auth::TenantCtx;
+use crate::db::begin_scoped;
+use crate::error::{AppError, AppResult};
+
+/// The name of the series that sums the groups past `limit`.
+pub const OTHER: &str = "__other__";
+
+/// Where an answer came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Raw,
+    Rollup,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Raw => "raw",
+            Source::Rollup => "rollup",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// Dimension name → value, e.g. `{"type": "purchase"}`; `{}` without
+    /// `groupBy`; every dimension `"__other__"` for the rest.
+    pub group: Value,
+    pub points: Vec<(DateTime<Utc>, Option<f64>)>,
+    pub total: Option<f64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct MetricResult {
+    pub series: Vec<Series>,
+    pub total: Option<f64>,
+    pub computed_at: DateTime<Utc>,
+    pub source: Source,
+    /// Time spent waiting for the database.
+    pub db_time: Duration,
+    /// Events whose field was present but not a number.
+    pub skipped: u64,
+}
+
+/// Runs `query` for the caller's tenant; the database gets `timeout`.
+pub async fn run(
+    db: &DatabaseConnection,
+    ctx: &TenantCtx,
+    query: MetricQuery,
+    timeout: Duration,
+) -> AppResult<MetricResult> {
+    let now = Utc::now();
+    let plan = plan::plan(query, now)?;
+    let started = Instant::now();
+    let txn = begin_timed(db, ctx, timeout).await?;
+    let aggregates = within(timeout, raw::aggregate(&txn, &plan, ctx.tenant_id)).await?;
+    txn.commit().await?;
+    let db_time = started.elapsed();
+    let source = if aggregates.from_rollups {
+        Source::Rollup
+    } else {
+        Source::Raw
+    };
+    Ok(assemble(&plan, aggregates, now, source, db_time))
+}
+
+/// A tenant-scoped transaction in which PostgreSQL cancels any statement
+/// that runs past `timeout` (on the server, not just the wait for it).
+pub(crate) async fn begin_timed(
+    db: &DatabaseConnection,
+    ctx: &TenantCtx,
+    timeout: Duration,
+) -> AppResult<DatabaseTransaction> {
+    let txn = begin_scoped(db, ctx).await?;
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!(
+                "SET LOCAL statement_timeout = {}",
+                timeout.as_millis().max(1)
+            ),
+        ))
+        .await?;
+    }
+    Ok(txn)
+}
+
+/// Awaits `query` for at most `timeout`; running out, here or on the
+/// server, answers `QUERY_TIMEOUT`.
+pub(crate) async fn within<T>(
+    timeout: Duration,
+    query: impl Future<Output = Result<T, DbErr>>,
+) -> AppResult<T> {
+    let timed_out = || {
+        AppError::QueryTimeout(format!(
+            "the query took longer than {} ms; narrow the range or the groups",
+            timeout.as_millis()
+        ))
+    };
+    match tokio::time::timeout(timeout, query).await {
+        Ok(Ok(value)) => Ok(value),
+        // PostgreSQL's `query_canceled` (57014), raised by statement_timeout.
+        Ok(Err(e))
+            if e.to_string()
+                .contains("canceling statement due to statement timeout") =>
+        {
+            Err(timed_out())
+        }
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(timed_out()),
+    }
+}
+
+fn assemble(
+    plan: &plan::Plan,
+    mut a: raw::Aggregates,
+    now: DateTime<Utc>,
+    source: Source,
+    db_time: Duration,
+) -> MetricResult {
+    let zero = plan.measure.zero_when_empty();
+    let fill = |v: Option<f64>| if zero { Some(v.unwrap_or(0.0)) } else { v };
+    let mut points_of = |group: Option<raw::GroupKey>| -> Vec<(DateTime<Utc>, Option<f64>)> {
+        plan.buckets
+            .iter()
+            .map(|b| {
+                let local = plan.granularity.map(|_| b.local);
+                let v = a.points.remove(&(group.clone(), local)).flatten();
+                (b.start, fill(v))
+            })
+            .collect()
+    };
+    let names: Vec<String> = plan.group_by.iter().map(plan::Field::name).collect();
+    let mut series = Vec::new();
+    if plan.group_by.is_empty() {
+        series.push(Series {
+            group: Value::Object(Map::new()),
+            points: points_of(Some(Vec::new())),
+            total: fill(a.total),
+        });
+    } else {
+        let groups = std::mem::take(&mut a.groups);
+        for (key, total) in groups {
+            let group: Map<String, Value> = names
+                .iter()
+                .zip(&key)
+                .map(|(name, v)| (name.clone(), group_value(plan, name, v.as_deref())))
+                .collect();
+            series.push(Series {
+                group: Value::Object(group),
+                points: points_of(Some(key)),
+                total: fill(total),
+            });
+        }
+        if a.more_groups {
+            let group: Map<String, Value> = names
+                .iter()
+                .map(|n| (n.clone(), Value::String(OTHER.to_owned())))
+                .collect();
+            series.push(Series {
+                group: Value::Object(group),
+                points: points_of(None),
+                total: fill(a.other_total),
+            });
+        }
+    }
+    MetricResult {
+        series,
+        total: fill(a.total),
+        computed_at: now,
+        source,
+        db_time,
+        skipped: a.skipped,
+    }
+}
+
+/// A group value as clients see it: property values are JSON (parsed from
+/// the JSON text the database gives), columns are strings.
+fn group_value(plan: &plan::Plan, name: &str, v: Option<&str>) -> Value {
+    let Some(v) = v else { return Value::Null };
+    let is_property = plan
+        .group_by
+        .iter()
+        .any(|f| matches!(f, plan::Field::Property(_)) && f.name() == name);
+    if is_property {
+        serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned()))
+    } else {
+        Value::String(v.to_owned())
+    }
+}

@@ -1,0 +1,816 @@
+//! Answers a [`Plan`] from raw events.
+//!
+//! One inner select maps each matching event to its bucket (the local start
+//! of its time bucket), its group values and the measured value; outer
+//! selects aggregate it: the overall total, the per-group totals that pick
+//! the top series, and the points. Both backends get the same shape of SQL;
+//! they differ only in expressions (JSON access, local time), which is why
+//! the text is assembled here rather than through sea-query, where every
+//! such expression would be an opaque custom string anyway. Values are
+//! always bound, never spliced; what is spliced (property keys, the unit)
+//! is validated to `[A-Za-z0-9_-]`.
+//!
+//! Percentiles use linear interpolation between the two nearest ranks, as
+//! PostgreSQL's `percentile_cont`; SQLite has no such aggregate, so there
+//! the values are sorted by SQLite and interpolated here, with the same
+//! formula.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, Statement, Value as SqlValue,
+};
+use serde_json::Value;
+
+use super::plan::{Field, Filter, FilterOp, Measure, Plan};
+use super::time::{self, Granularity};
+use crate::domain::events::query::time_value;
+
+/// One group's values for the dimensions of `groupBy` (JSON text; `None`
+/// when absent).
+pub type GroupKey = Vec<Option<String>>;
+
+/// What the raw path computed, before series are assembled.
+#[derive(Debug, Default)]
+pub struct Aggregates {
+    pub total: Option<f64>,
+    pub skipped: u64,
+    /// Top groups in order, with their totals; empty without `groupBy`.
+    pub groups: Vec<(GroupKey, Option<f64>)>,
+    /// Whether more groups than `limit` matched.
+    pub more_groups: bool,
+    /// (group, bucket local start) → value; the group is empty without
+    /// `groupBy`, and `None` marks the rest (`__other__`).
+    pub points: HashMap<(Option<GroupKey>, Option<NaiveDateTime>), Option<f64>>,
+    pub other_total: Option<f64>,
+    /// Answered from the hourly aggregates (and raw events only for the
+    /// partial hours at the ends of the range).
+    pub from_rollups: bool,
+}
+
+pub(super) struct Sql {
+    backend: DbBackend,
+    values: Vec<SqlValue>,
+}
+
+impl Sql {
+    pub(super) fn bind(&mut self, v: impl Into<SqlValue>) -> String {
+        self.values.push(v.into());
+        match self.backend {
+            DbBackend::Postgres => format!("${}", self.values.len()),
+            _ => format!("?{}", self.values.len()),
+        }
+    }
+
+    pub(super) fn pg(&self) -> bool {
+        self.backend == DbBackend::Postgres
+    }
+
+    /// The JSON path literal for property keys.
+    fn path(&self, keys: &[String]) -> String {
+        if self.pg() {
+            let quoted: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
+            format!("'{{{}}}'", quoted.join(","))
+        } else {
+            let quoted: Vec<String> = keys.iter().map(|k| format!(".\"{k}\"")).collect();
+            format!("'${}'", quoted.concat())
+        }
+    }
+
+    /// The JSON type of a property: PostgreSQL's names (`number`, `string`,
+    /// `boolean`, `null`, …) on both backends; NULL when absent.
+    fn json_type(&self, keys: &[String]) -> String {
+        let p = self.path(keys);
+        if self.pg() {
+            format!("jsonb_typeof(properties #> {p})")
+        } else {
+            format!(
+                "(CASE json_type(properties, {p}) WHEN 'integer' THEN 'number' WHEN 'real' THEN 'number' \
+                 WHEN 'text' THEN 'string' WHEN 'true' THEN 'boolean' WHEN 'false' THEN 'boolean' \
+                 ELSE json_type(properties, {p}) END)"
+            )
+        }
+    }
+
+    fn present(&self, keys: &[String]) -> String {
+        format!("(COALESCE({}, 'null') <> 'null')", self.json_type(keys))
+    }
+
+    fn number(&self, keys: &[String]) -> String {
+        let p = self.path(keys);
+        if self.pg() {
+            format!(
+                "(CASE WHEN jsonb_typeof(properties #> {p}) = 'number' THEN (properties #>> {p})::double precision END)"
+            )
+        } else {
+            format!(
+                "(CASE WHEN json_type(properties, {p}) IN ('integer', 'real') THEN CAST(json_extract(properties, {p}) AS REAL) END)"
+            )
+        }
+    }
+
+    fn string(&self, keys: &[String]) -> String {
+        let p = self.path(keys);
+        if self.pg() {
+            format!(
+                "(CASE WHEN jsonb_typeof(properties #> {p}) = 'string' THEN properties #>> {p} END)"
+            )
+        } else {
+            format!(
+                "(CASE WHEN json_type(properties, {p}) = 'text' THEN json_extract(properties, {p}) END)"
+            )
+        }
+    }
+
+    /// The property as JSON text (a group value); NULL when absent or null.
+    pub(super) fn json_text(&self, keys: &[String]) -> String {
+        let p = self.path(keys);
+        if self.pg() {
+            format!("NULLIF((properties #> {p})::text, 'null')")
+        } else {
+            format!("NULLIF(properties -> {p}, 'null')")
+        }
+    }
+
+    pub(super) fn column(field: &Field) -> Option<&'static str> {
+        match field {
+            Field::Type => Some("type"),
+            Field::UserId => Some("user_id"),
+            Field::SessionId => Some("session_id"),
+            Field::Property(_) => None,
+        }
+    }
+
+    /// A group dimension as text.
+    pub(super) fn dimension(&self, field: &Field) -> String {
+        match field {
+            Field::Property(keys) => self.json_text(keys),
+            other => Self::column(other).unwrap_or("NULL").to_owned(),
+        }
+    }
+
+    fn contains(&self, haystack: &str, needle: &str) -> String {
+        if self.pg() {
+            format!("(strpos({haystack}, {needle}) > 0)")
+        } else {
+            format!("(instr({haystack}, {needle}) > 0)")
+        }
+    }
+
+    fn not_equal_null_safe(&self, a: &str, b: &str) -> String {
+        if self.pg() {
+            format!("({a} IS DISTINCT FROM {b})")
+        } else {
+            format!("({a} IS NOT {b})")
+        }
+    }
+
+    /// `property == value`, JSON types included: the string "1" is not 1.
+    fn property_equals(&mut self, keys: &[String], value: &Value) -> String {
+        match value {
+            Value::String(s) => format!("({} = {})", self.string(keys), self.bind(s.clone())),
+            Value::Number(n) => {
+                format!(
+                    "({} = {})",
+                    self.number(keys),
+                    self.bind(n.as_f64().unwrap_or(f64::NAN))
+                )
+            }
+            Value::Bool(b) => {
+                let p = self.path(keys);
+                if self.pg() {
+                    format!(
+                        "(jsonb_typeof(properties #> {p}) = 'boolean' AND properties #>> {p} = '{b}')"
+                    )
+                } else {
+                    format!("(json_type(properties, {p}) = '{b}')")
+                }
+            }
+            _ => "FALSE".to_owned(),
+        }
+    }
+
+    pub(super) fn filter(&mut self, f: &Filter) -> String {
+        let cmp = |op: FilterOp| match op {
+            FilterOp::Gt => ">",
+            FilterOp::Gte => ">=",
+            FilterOp::Lt => "<",
+            _ => "<=",
+        };
+        match (&f.field, f.op) {
+            (Field::Property(keys), op) => match op {
+                FilterOp::Eq => self.property_equals(keys, &f.value),
+                FilterOp::Neq => format!(
+                    "(NOT COALESCE({}, FALSE))",
+                    self.property_equals(keys, &f.value)
+                ),
+                FilterOp::In | FilterOp::NotIn => {
+                    let items: Vec<String> = f
+                        .value
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|v| self.property_equals(keys, v))
+                        .collect();
+                    let any = format!("COALESCE(({}), FALSE)", items.join(" OR "));
+                    if op == FilterOp::In {
+                        format!("({any})")
+                    } else {
+                        format!("(NOT {any})")
+                    }
+                }
+                FilterOp::Gt | FilterOp::Gte | FilterOp::Lt | FilterOp::Lte => match &f.value {
+                    Value::Number(n) => {
+                        let expr = self.number(keys);
+                        format!(
+                            "({expr} {} {})",
+                            cmp(op),
+                            self.bind(n.as_f64().unwrap_or(f64::NAN))
+                        )
+                    }
+                    v => {
+                        let expr = self.string(keys);
+                        format!(
+                            "({expr} {} {})",
+                            cmp(op),
+                            self.bind(v.as_str().unwrap_or_default().to_owned())
+                        )
+                    }
+                },
+                FilterOp::Contains => {
+                    let expr = self.string(keys);
+                    let needle = self.bind(f.value.as_str().unwrap_or_default().to_owned());
+                    format!("COALESCE({}, FALSE)", self.contains(&expr, &needle))
+                }
+                FilterOp::Exists => {
+                    let present = self.present(keys);
+                    if f.value.as_bool().unwrap_or(true) {
+                        present
+                    } else {
+                        format!("(NOT {present})")
+                    }
+                }
+            },
+            (field, op) => {
+                let col = Self::column(field).unwrap_or("NULL");
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                match op {
+                    FilterOp::Eq => format!("({col} = {})", self.bind(text(&f.value))),
+                    FilterOp::Neq => {
+                        let p = self.bind(text(&f.value));
+                        self.not_equal_null_safe(col, &p)
+                    }
+                    FilterOp::In | FilterOp::NotIn => {
+                        let items: Vec<String> = f
+                            .value
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|v| self.bind(text(v)))
+                            .collect();
+                        if op == FilterOp::In {
+                            format!("({col} IN ({}))", items.join(", "))
+                        } else {
+                            format!("({col} IS NULL OR {col} NOT IN ({}))", items.join(", "))
+                        }
+                    }
+                    FilterOp::Gt | FilterOp::Gte | FilterOp::Lt | FilterOp::Lte => {
+                        format!("({col} {} {})", cmp(op), self.bind(text(&f.value)))
+                    }
+                    FilterOp::Contains => {
+                        let needle = self.bind(text(&f.value));
+                        format!("COALESCE({}, FALSE)", self.contains(col, &needle))
+                    }
+                    FilterOp::Exists => {
+                        if f.value.as_bool().unwrap_or(true) {
+                            format!("({col} IS NOT NULL)")
+                        } else {
+                            format!("({col} IS NULL)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The local start of an event's bucket: a `timestamp` on PostgreSQL,
+    /// local microseconds since 1970 on SQLite (which has no time zones:
+    /// the zone's offsets over the range are spelled out).
+    fn bucket(&mut self, plan: &Plan, column: &str) -> String {
+        let Some(g) = plan.granularity else {
+            return if self.pg() {
+                "CAST(NULL AS timestamp)".into()
+            } else {
+                "NULL".into()
+            };
+        };
+        let unit = match g {
+            Granularity::Minute => "minute",
+            Granularity::Hour => "hour",
+            Granularity::Day => "day",
+            Granularity::Week => "week",
+            Granularity::Month => "month",
+        };
+        if self.pg() {
+            let tz = self.bind(plan.tz.name().to_owned());
+            return format!("date_trunc('{unit}', {column} AT TIME ZONE {tz})");
+        }
+        let (first, changes) = time::offsets(plan.tz, plan.from, plan.to);
+        let local = if changes.is_empty() {
+            format!("({column} + {})", i64::from(first) * 1_000_000)
+        } else {
+            let mut case = format!("({column} + CASE");
+            let mut offset = first;
+            for (at, next) in &changes {
+                case.push_str(&format!(
+                    " WHEN {column} < {} THEN {}",
+                    at.timestamp_micros(),
+                    i64::from(offset) * 1_000_000
+                ));
+                offset = *next;
+            }
+            case.push_str(&format!(" ELSE {} END)", i64::from(offset) * 1_000_000));
+            case
+        };
+        const MINUTE: i64 = 60_000_000;
+        const DAY: i64 = 86_400_000_000;
+        match g {
+            Granularity::Minute => format!("({local} / {MINUTE} * {MINUTE})"),
+            Granularity::Hour => format!("({local} / {} * {})", 60 * MINUTE, 60 * MINUTE),
+            Granularity::Day => format!("({local} / {DAY} * {DAY})"),
+            // 1970-01-01 was a Thursday: day d's Monday is d - (d + 3) % 7.
+            Granularity::Week => {
+                format!("((({local} / {DAY}) - ((({local} / {DAY}) + 3) % 7)) * {DAY})")
+            }
+            Granularity::Month => {
+                let mut case = String::from("(CASE");
+                let mut month = time::truncate(Granularity::Month, time::local(plan.tz, plan.from));
+                let end = time::local(plan.tz, plan.to);
+                loop {
+                    let following = time::next(Granularity::Month, month);
+                    let micros = |t: NaiveDateTime| t.and_utc().timestamp_micros();
+                    if following > end {
+                        if case.len() == "(CASE".len() {
+                            // The range lies within one month.
+                            break format!("({})", micros(month));
+                        }
+                        case.push_str(&format!(" ELSE {} END)", micros(month)));
+                        break case;
+                    }
+                    case.push_str(&format!(
+                        " WHEN {local} < {} THEN {}",
+                        micros(following),
+                        micros(month)
+                    ));
+                    month = following;
+                }
+            }
+        }
+    }
+
+    /// The measured value of one event.
+    fn value(&self, plan: &Plan) -> String {
+        match (&plan.field, plan.measure) {
+            (None, _) => "1".into(),
+            (Some(Field::Property(keys)), Measure::Count) => {
+                format!("(CASE WHEN {} THEN 1 END)", self.present(keys))
+            }
+            (Some(Field::Property(keys)), Measure::CountDistinct) => self.json_text(keys),
+            (Some(Field::Property(keys)), _) => self.number(keys),
+            (Some(other), _) => Self::column(other).unwrap_or("NULL").to_owned(),
+        }
+    }
+
+    /// 1 for an event whose field is present but not a number, when the
+    /// measure needs numbers: skipped, and reported.
+    fn skipped(&self, plan: &Plan) -> String {
+        match (&plan.field, plan.measure.numeric()) {
+            (Some(Field::Property(keys)), true) => format!(
+                "(CASE WHEN {} AND {} <> 'number' THEN 1 ELSE 0 END)",
+                self.present(keys),
+                self.json_type(keys)
+            ),
+            _ => "0".into(),
+        }
+    }
+
+    /// The aggregate over `v`; over aggregate rows a count is a sum.
+    fn measure(&self, measure: Measure, rollup: bool) -> String {
+        let m = match measure {
+            Measure::Count if rollup => "sum(v)".to_owned(),
+            Measure::Count => "count(v)".to_owned(),
+            Measure::CountDistinct => "count(DISTINCT v)".to_owned(),
+            Measure::Sum => "sum(v)".to_owned(),
+            Measure::Avg => "avg(v)".to_owned(),
+            Measure::Min => "min(v)".to_owned(),
+            Measure::Max => "max(v)".to_owned(),
+            p => format!(
+                "percentile_cont({}) WITHIN GROUP (ORDER BY v)",
+                p.percentile().unwrap_or(0.5)
+            ),
+        };
+        format!("CAST({m} AS DOUBLE PRECISION)")
+    }
+
+    /// Rows of groups in `groups` (or, `negate`d, of the others), as a
+    /// condition on the outer columns.
+    fn restriction(&mut self, groups: &[GroupKey], negate: bool) -> String {
+        let any: Vec<String> = groups
+            .iter()
+            .map(|key| {
+                let parts: Vec<String> = key
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| match v {
+                        None => format!("g{i} IS NULL"),
+                        Some(v) => {
+                            let p = self.bind(v.clone());
+                            if self.pg() {
+                                format!("g{i} IS NOT DISTINCT FROM {p}")
+                            } else {
+                                format!("g{i} IS {p}")
+                            }
+                        }
+                    })
+                    .collect();
+                format!("({})", parts.join(" AND "))
+            })
+            .collect();
+        let any = if any.is_empty() {
+            "FALSE".to_owned()
+        } else {
+            any.join(" OR ")
+        };
+        if negate {
+            format!("NOT ({any})")
+        } else {
+            format!("({any})")
+        }
+    }
+}
+
+fn group_columns(plan: &Plan) -> String {
+    (0..plan.group_by.len())
+        .map(|i| format!(", g{i}"))
+        .collect()
+}
+
+/// The inner select: one row per matching event of the caller's tenant,
+/// or, with a rollup window, one row per hourly aggregate inside it plus
+/// one per raw event in the partial hours around it.
+fn inner(sql: &mut Sql, plan: &Plan, tenant: uuid::Uuid, rollup: Option<Window>) -> String {
+    let Some((start, end)) = rollup else {
+        return raw_inner(sql, plan, tenant, &[(plan.from, plan.to)]);
+    };
+    let bucket = sql.bucket(plan, "hour_start");
+    let dims: String = (0..plan.group_by.len())
+        .map(|i| format!(", event_type AS g{i}"))
+        .collect();
+    let mut wh = vec![
+        format!("tenant_id = {}", sql.bind(tenant)),
+        format!("hour_start >= {}", sql.bind(time_value(sql.backend, start))),
+        format!("hour_start < {}", sql.bind(time_value(sql.backend, end))),
+    ];
+    if !plan.event_types.is_empty() {
+        let types: Vec<String> = plan
+            .event_types
+            .iter()
+            .map(|t| sql.bind(t.clone()))
+            .collect();
+        wh.push(format!("event_type IN ({})", types.join(", ")));
+    }
+    let aggregates = format!(
+        "SELECT {bucket} AS bucket{dims}, event_count AS v, 0 AS skip FROM analytics_aggregates WHERE {}",
+        wh.join(" AND ")
+    );
+    let edges: Vec<Window> = [(plan.from, start), (end, plan.to)]
+        .into_iter()
+        .filter(|(a, b)| a < b)
+        .collect();
+    if edges.is_empty() {
+        return aggregates;
+    }
+    format!(
+        "{aggregates} UNION ALL {}",
+        raw_inner(sql, plan, tenant, &edges)
+    )
+}
+
+fn raw_inner(sql: &mut Sql, plan: &Plan, tenant: uuid::Uuid, spans: &[Window]) -> String {
+    let bucket = sql.bucket(plan, "occurred_at");
+    let dims: String = plan
+        .group_by
+        .iter()
+        .enumerate()
+        .map(|(i, f)| format!(", {} AS g{i}", sql.dimension(f)))
+        .collect();
+    let value = sql.value(plan);
+    let skipped = sql.skipped(plan);
+    let spans: Vec<String> = spans
+        .iter()
+        .map(|(from, to)| {
+            format!(
+                "(occurred_at >= {} AND occurred_at < {})",
+                sql.bind(time_value(sql.backend, *from)),
+                sql.bind(time_value(sql.backend, *to))
+            )
+        })
+        .collect();
+    let mut wh = vec![
+        format!("tenant_id = {}", sql.bind(tenant)),
+        format!("({})", spans.join(" OR ")),
+    ];
+    if !plan.event_types.is_empty() {
+        let types: Vec<String> = plan
+            .event_types
+            .iter()
+            .map(|t| sql.bind(t.clone()))
+            .collect();
+        wh.push(format!("type IN ({})", types.join(", ")));
+    }
+    for f in &plan.filters {
+        wh.push(sql.filter(f));
+    }
+    format!(
+        "SELECT {bucket} AS bucket{dims}, {value} AS v, {skipped} AS skip FROM events WHERE {}",
+        wh.join(" AND ")
+    )
+}
+
+/// A half-open span of time.
+type Window = (DateTime<Utc>, DateTime<Utc>);
+
+/// The whole UTC hours of the range, when the hourly aggregates answer the
+/// plan exactly: a plain COUNT, by type at most, no filters, HOUR or
+/// coarser buckets, and a zone whose offset over the range is always a
+/// whole number of hours (so every UTC hour lies in one local bucket).
+pub fn rollup_window(plan: &Plan) -> Option<Window> {
+    let eligible = plan.measure == Measure::Count
+        && plan.field.is_none()
+        && plan.filters.is_empty()
+        && plan.group_by.iter().all(|f| *f == Field::Type)
+        && plan.granularity != Some(Granularity::Minute);
+    if !eligible {
+        return None;
+    }
+    let (first, changes) = time::offsets(plan.tz, plan.from, plan.to);
+    if first % 3600 != 0 || changes.iter().any(|(_, o)| o % 3600 != 0) {
+        return None;
+    }
+    let hour = |t: DateTime<Utc>, up: bool| {
+        let secs = t.timestamp();
+        let floor = secs.div_euclid(3600) * 3600;
+        let exact = floor == secs && t.timestamp_subsec_nanos() == 0;
+        let at = if up && !exact { floor + 3600 } else { floor };
+        DateTime::from_timestamp(at, 0)
+    };
+    let (start, end) = (hour(plan.from, true)?, hour(plan.to, false)?);
+    (start < end).then_some((start, end))
+}
+
+pub(super) fn statement(sql: Sql, text: String) -> Statement {
+    Statement::from_sql_and_values(sql.backend, text, sql.values)
+}
+
+pub(super) fn new_sql(txn: &DatabaseTransaction) -> Sql {
+    Sql {
+        backend: txn.get_database_backend(),
+        values: Vec::new(),
+    }
+}
+
+fn float(row: &QueryResult, i: usize) -> Result<Option<f64>, sea_orm::DbErr> {
+    row.try_get_by_index::<Option<f64>>(i)
+}
+
+fn key(row: &QueryResult, from: usize, n: usize) -> Result<GroupKey, sea_orm::DbErr> {
+    (from..from + n)
+        .map(|i| row.try_get_by_index::<Option<String>>(i))
+        .collect()
+}
+
+fn bucket_of(
+    backend: DbBackend,
+    row: &QueryResult,
+) -> Result<Option<NaiveDateTime>, sea_orm::DbErr> {
+    if backend == DbBackend::Postgres {
+        row.try_get_by_index::<Option<NaiveDateTime>>(0)
+    } else {
+        Ok(row
+            .try_get_by_index::<Option<i64>>(0)?
+            .and_then(DateTime::from_timestamp_micros)
+            .map(|t| t.naive_utc()))
+    }
+}
+
+pub async fn aggregate(
+    txn: &DatabaseTransaction,
+    plan: &Plan,
+    tenant: uuid::Uuid,
+) -> Result<Aggregates, sea_orm::DbErr> {
+    let backend = txn.get_database_backend();
+    if backend != DbBackend::Postgres && plan.measure.percentile().is_some() {
+        return percentiles_in_rust(txn, plan, tenant).await;
+    }
+    let rollup = rollup_window(plan);
+    let mut out = Aggregates {
+        from_rollups: rollup.is_some(),
+        ..Default::default()
+    };
+    let n = plan.group_by.len();
+    let g = group_columns(plan);
+
+    // The total over everything, and the skipped values.
+    let mut sql = new_sql(txn);
+    let text = format!(
+        "SELECT {}, sum(skip) FROM ({}) e",
+        sql.measure(plan.measure, rollup.is_some()),
+        inner(&mut sql, plan, tenant, rollup)
+    );
+    if let Some(row) = txn.query_one_raw(statement(sql, text)).await? {
+        out.total = float(&row, 0)?;
+        out.skipped = row.try_get_by_index::<Option<i64>>(1)?.unwrap_or(0).max(0) as u64;
+    }
+
+    let mut restrict = None;
+    if n > 0 {
+        let mut sql = new_sql(txn);
+        let order: String = (0..n).map(|i| format!(", g{i} ASC NULLS FIRST")).collect();
+        let text = format!(
+            "SELECT {cols}, {m} AS total FROM ({inner}) e GROUP BY {cols} ORDER BY total DESC NULLS LAST{order} LIMIT {limit}",
+            cols = &g[2..],
+            m = sql.measure(plan.measure, rollup.is_some()),
+            inner = inner(&mut sql, plan, tenant, rollup),
+            limit = plan.limit + 1,
+        );
+        for row in txn.query_all_raw(statement(sql, text)).await? {
+            out.groups.push((key(&row, 0, n)?, float(&row, n)?));
+        }
+        if out.groups.len() > plan.limit {
+            out.groups.truncate(plan.limit);
+            out.more_groups = true;
+        }
+        let keys: Vec<GroupKey> = out.groups.iter().map(|(k, _)| k.clone()).collect();
+        restrict = Some(keys);
+    }
+
+    let mut sql = new_sql(txn);
+    let inner_sql = inner(&mut sql, plan, tenant, rollup);
+    let filter = match &restrict {
+        Some(keys) if out.more_groups => format!(" WHERE {}", sql.restriction(keys, false)),
+        _ => String::new(),
+    };
+    let text = format!(
+        "SELECT bucket{g}, {m} FROM ({inner_sql}) e{filter} GROUP BY bucket{g}",
+        m = sql.measure(plan.measure, rollup.is_some())
+    );
+    for row in txn.query_all_raw(statement(sql, text)).await? {
+        let group = Some(key(&row, 1, n)?);
+        out.points
+            .insert((group, bucket_of(backend, &row)?), float(&row, n + 1)?);
+    }
+
+    if out.more_groups
+        && let Some(keys) = &restrict
+    {
+        let rest = |columns: &str, grouping: &str| {
+            let mut sql = new_sql(txn);
+            let inner_sql = inner(&mut sql, plan, tenant, rollup);
+            let rest = sql.restriction(keys, true);
+            let m = sql.measure(plan.measure, rollup.is_some());
+            let text = format!("SELECT {columns}{m} FROM ({inner_sql}) e WHERE {rest}{grouping}");
+            statement(sql, text)
+        };
+        for row in txn
+            .query_all_raw(rest("bucket, ", " GROUP BY bucket"))
+            .await?
+        {
+            out.points
+                .insert((None, bucket_of(backend, &row)?), float(&row, 1)?);
+        }
+        if let Some(row) = txn.query_one_raw(rest("", "")).await? {
+            out.other_total = float(&row, 0)?;
+        }
+    }
+    Ok(out)
+}
+
+/// `percentile_cont`: linear interpolation between the nearest ranks of
+/// sorted values, computed as PostgreSQL computes it.
+pub fn percentile_cont(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let pos = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    let (first, second) = (sorted[lo], sorted[hi]);
+    if hi == lo {
+        return Some(first);
+    }
+    Some(first + (second - first) * (pos - lo as f64))
+}
+
+async fn percentiles_in_rust(
+    txn: &DatabaseTransaction,
+    plan: &Plan,
+    tenant: uuid::Uuid,
+) -> Result<Aggregates, sea_orm::DbErr> {
+    let q = plan.measure.percentile().unwrap_or(0.5);
+    let n = plan.group_by.len();
+    let g = group_columns(plan);
+    let mut sql = new_sql(txn);
+    let text = format!(
+        "SELECT bucket{g}, v, skip FROM ({}) e ORDER BY v",
+        inner(&mut sql, plan, tenant, None)
+    );
+    let backend = txn.get_database_backend();
+    let mut all = Vec::new();
+    let mut skipped = 0u64;
+    let mut by_group: HashMap<GroupKey, Vec<f64>> = HashMap::new();
+    let mut cells: HashMap<(GroupKey, Option<NaiveDateTime>), Vec<f64>> = HashMap::new();
+    for row in txn.query_all_raw(statement(sql, text)).await? {
+        skipped += row
+            .try_get_by_index::<Option<i64>>(n + 2)?
+            .unwrap_or(0)
+            .max(0) as u64;
+        let Some(v) = float(&row, n + 1)? else {
+            continue;
+        };
+        let group = key(&row, 1, n)?;
+        let bucket = bucket_of(backend, &row)?;
+        all.push(v);
+        by_group.entry(group.clone()).or_default().push(v);
+        cells.entry((group, bucket)).or_default().push(v);
+    }
+    let mut out = Aggregates {
+        total: percentile_cont(&all, q),
+        skipped,
+        ..Default::default()
+    };
+    if n == 0 {
+        for ((_, bucket), values) in cells {
+            out.points
+                .insert((Some(Vec::new()), bucket), percentile_cont(&values, q));
+        }
+        return Ok(out);
+    }
+    let mut groups: Vec<(GroupKey, Option<f64>)> = by_group
+        .iter()
+        .map(|(k, v)| (k.clone(), percentile_cont(v, q)))
+        .collect();
+    // The order the SQL path uses: total descending (nulls last), then the
+    // group values ascending (nulls first).
+    groups.sort_by(|a, b| {
+        let total = match (a.1, b.1) {
+            (Some(x), Some(y)) => y.total_cmp(&x),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        };
+        total.then_with(|| a.0.cmp(&b.0))
+    });
+    out.more_groups = groups.len() > plan.limit;
+    groups.truncate(plan.limit);
+    let top: std::collections::HashSet<&GroupKey> = groups.iter().map(|(k, _)| k).collect();
+    let mut rest_all = Vec::new();
+    let mut rest_cells: HashMap<Option<NaiveDateTime>, Vec<f64>> = HashMap::new();
+    for ((group, bucket), values) in &cells {
+        if top.contains(group) {
+            out.points
+                .insert((Some(group.clone()), *bucket), percentile_cont(values, q));
+        } else {
+            rest_all.extend_from_slice(values);
+            rest_cells
+                .entry(*bucket)
+                .or_default()
+                .extend_from_slice(values);
+        }
+    }
+    if out.more_groups {
+        rest_all.sort_by(f64::total_cmp);
+        out.other_total = percentile_cont(&rest_all, q);
+        for (bucket, mut values) in rest_cells {
+            values.sort_by(f64::total_cmp);
+            out.points
+                .insert((None, bucket), percentile_cont(&values, q));
+        }
+    }
+    out.groups = groups;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile_cont;
+
+    #[test]
+    fn percentiles_interpolate_between_ranks() {
+        let v = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(percentile_cont(&v, 0.5), Some(2.5));
+        let p90 = percentile_cont(&v, 0.9).expect("values");
+        assert!((p90 - 3.7).abs() < 1e-12, "{p90}");
+        assert_eq!(percentile_cont(&[7.0], 0.99), Some(7.0));
+        assert_eq!(percentile_cont(&[], 0.5), None);
+    }
+}

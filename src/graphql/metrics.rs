@@ -1,0 +1,360 @@
+//! `metrics(query)`: inputs, the result shape of API.md, and each answer's
+//! provenance in the response's `extensions.queries`.
+
+use async_graphql::{Context, Enum, InputObject, Json, Object, Result, SimpleObject};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::guard::{RoleGuard, state, tenant};
+use super::provenance::{Provenance, QueryLog};
+use crate::auth::Role;
+use crate::domain::metrics;
+use crate::domain::metrics::journey;
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "crate::domain::metrics::plan::Measure")]
+pub enum Measure {
+    Count,
+    CountDistinct,
+    Sum,
+    Avg,
+    Min,
+    Max,
+    P50,
+    P90,
+    P95,
+    P99,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "crate::domain::metrics::Granularity")]
+pub enum Granularity {
+    Minute,
+    Hour,
+    Day,
+    /// ISO weeks, from Monday.
+    Week,
+    Month,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "crate::domain::metrics::FilterOp")]
+pub enum FilterOp {
+    Eq,
+    Neq,
+    In,
+    NotIn,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    /// Substring of a string value.
+    Contains,
+    /// `value` true (or absent): the field is present and not null.
+    Exists,
+}
+
+/// `type`, `userId`, `sessionId` or `properties.<key>[.<key>…]`, compared
+/// with `value` by `op`; filters combine with AND.
+#[derive(InputObject)]
+pub struct FilterInput {
+    pub field: String,
+    pub op: FilterOp,
+    pub value: Option<Json<Value>>,
+}
+
+/// Half-open `{from, to}`, or `{last: "30d"}` (units m, h, d, w) ending now.
+#[derive(InputObject)]
+pub struct TimeRangeInput {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub last: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct MetricQueryInput {
+    pub measure: Measure,
+    /// Required for all but COUNT: `userId`, `sessionId` or
+    /// `properties.<key>`; numeric measures need a property.
+    pub field: Option<String>,
+    /// None: all types.
+    pub event_types: Option<Vec<String>>,
+    pub filters: Option<Vec<FilterInput>>,
+    /// Up to 3 of `type`, `userId`, `sessionId`, `properties.<key>`.
+    pub group_by: Option<Vec<String>>,
+    /// None: one bucket for the whole range.
+    pub granularity: Option<Granularity>,
+    pub range: TimeRangeInput,
+    /// IANA name, default `UTC`; buckets align to its local midnight.
+    pub timezone: Option<String>,
+    /// Series cap, default 100; the rest are summed into `__other__`.
+    pub limit: Option<i32>,
+}
+
+impl MetricQueryInput {
+    pub fn into_domain(self) -> metrics::MetricQuery {
+        metrics::MetricQuery {
+            measure: Some(self.measure.into()),
+            field: self.field,
+            event_types: self.event_types,
+            filters: filters(self.filters),
+            group_by: self.group_by.unwrap_or_default(),
+            granularity: self.granularity.map(Into::into),
+            from: self.range.from,
+            to: self.range.to,
+            last: self.range.last,
+            timezone: self.timezone,
+            limit: self.limit,
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct Point {
+    /// The instant the bucket starts.
+    bucket: DateTime<Utc>,
+    /// 0 for empty buckets of COUNT, COUNT_DISTINCT and SUM; null for the
+    /// other measures.
+    value: Option<f64>,
+}
+
+#[derive(SimpleObject)]
+pub struct Series {
+    /// Dimension → value, e.g. `{"type": "purchase"}`; `{}` without groupBy.
+    group: Json<Value>,
+    points: Vec<Point>,
+    /// The measure over the whole range for this series.
+    total: Option<f64>,
+}
+
+#[derive(SimpleObject)]
+pub struct MetricResult {
+    series: Vec<Series>,
+    /// The measure over the whole range and all groups.
+    total: Option<f64>,
+    /// Served from the hot-metric cache.
+    cached: bool,
+    computed_at: DateTime<Utc>,
+}
+
+impl From<metrics::MetricResult> for MetricResult {
+    fn from(r: metrics::MetricResult) -> Self {
+        MetricResult {
+            series: r
+                .series
+                .into_iter()
+                .map(|s| Series {
+                    group: Json(s.group),
+                    points: s
+                        .points
+                        .into_iter()
+                        .map(|(bucket, value)| Point { bucket, value })
+                        .collect(),
+                    total: s.total,
+                })
+                .collect(),
+            total: r.total,
+            cached: false,
+            computed_at: r.computed_at,
+        }
+    }
+}
+
+#[derive(InputObject)]
+pub struct FunnelStepInput {
+    pub event_type: String,
+    pub filters: Option<Vec<FilterInput>>,
+}
+
+#[derive(InputObject)]
+pub struct FunnelInput {
+    /// 2 to 10 ordered steps.
+    pub steps: Vec<FunnelStepInput>,
+    /// How long after the first step the last may come, e.g. `7d`.
+    pub conversion_window: String,
+    /// The range of the first step; later steps may follow within the
+    /// window.
+    pub range: TimeRangeInput,
+    pub timezone: Option<String>,
+    /// `userId` (default) or `sessionId`.
+    pub count_by: Option<String>,
+    /// `properties.<key>` of the first-step event: one funnel per value.
+    pub breakdown: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct FunnelStep {
+    event_type: String,
+    /// Users (or sessions) who reached this step.
+    count: i64,
+    conversion_from_start: f64,
+    conversion_from_previous: f64,
+    /// Median seconds from the previous step; null for the first.
+    median_seconds_to_convert: Option<f64>,
+}
+
+impl From<journey::FunnelStep> for FunnelStep {
+    fn from(s: journey::FunnelStep) -> Self {
+        FunnelStep {
+            event_type: s.event_type,
+            count: i64::try_from(s.count).unwrap_or(i64::MAX),
+            conversion_from_start: s.conversion_from_start,
+            conversion_from_previous: s.conversion_from_previous,
+            median_seconds_to_convert: s.median_seconds_to_convert,
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct FunnelBreakdown {
+    /// The breakdown property's value, or `"__other__"`.
+    value: Json<Value>,
+    steps: Vec<FunnelStep>,
+}
+
+#[derive(SimpleObject)]
+pub struct FunnelResult {
+    steps: Vec<FunnelStep>,
+    /// With `breakdown`: the 20 largest values, then `__other__`.
+    breakdowns: Vec<FunnelBreakdown>,
+}
+
+#[derive(InputObject)]
+pub struct RetentionInput {
+    /// The event that puts a user in a cohort (its first in range).
+    pub start_event: String,
+    /// The event that counts as coming back.
+    pub return_event: String,
+    /// DAY, WEEK or MONTH.
+    pub period: Granularity,
+    /// Later periods to follow each cohort for; default 8.
+    pub periods: Option<i32>,
+    pub range: TimeRangeInput,
+    pub timezone: Option<String>,
+    /// `userId` (default) or `sessionId`.
+    pub count_by: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct RetentionCohort {
+    /// The instant the cohort's period starts.
+    start: DateTime<Utc>,
+    size: i64,
+    /// Per period from 0 (the cohort's own): how many came back; null for
+    /// periods not yet begun.
+    returned: Vec<Option<i64>>,
+    /// `returned / size`, in [0, 1].
+    rates: Vec<Option<f64>>,
+}
+
+#[derive(SimpleObject)]
+pub struct RetentionResult {
+    /// One row per cohort: the matrix.
+    cohorts: Vec<RetentionCohort>,
+}
+
+fn filters(input: Option<Vec<FilterInput>>) -> Vec<(String, metrics::FilterOp, Option<Value>)> {
+    input
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| (f.field, f.op.into(), f.value.map(|Json(v)| v)))
+        .collect()
+}
+
+#[derive(Default)]
+pub struct MetricQuery;
+
+#[Object]
+impl MetricQuery {
+    /// An aggregate over the tenant's events, bucketed in time.
+    #[graphql(guard = "RoleGuard::new(Role::Viewer)")]
+    async fn metrics(&self, ctx: &Context<'_>, query: MetricQueryInput) -> Result<MetricResult> {
+        let app = state(ctx)?;
+        let result = metrics::run(
+            &app.db,
+            tenant(ctx)?,
+            query.into_domain(),
+            app.config.query_timeout,
+        )
+        .await?;
+        app.metrics
+            .record_query(result.source.as_str(), result.db_time);
+        if let Some(log) = ctx.data_opt::<QueryLog>() {
+            log.push(Provenance {
+                path: ctx.path_node.map(|p| p.to_string()).unwrap_or_default(),
+                source: result.source.as_str(),
+                db_ms: result.db_time.as_secs_f64() * 1000.0,
+                skipped_values: result.skipped,
+            });
+        }
+        Ok(result.into())
+    }
+
+    /// Ordered steps per user (or session) within a conversion window.
+    #[graphql(guard = "RoleGuard::new(Role::Viewer)")]
+    async fn funnel(&self, ctx: &Context<'_>, input: FunnelInput) -> Result<FunnelResult> {
+        let app = state(ctx)?;
+        let query = journey::FunnelQuery {
+            steps: input
+                .steps
+                .into_iter()
+                .map(|s| journey::FunnelStepQuery {
+                    event_type: s.event_type,
+                    filters: filters(s.filters),
+                })
+                .collect(),
+            conversion_window: input.conversion_window,
+            from: input.range.from,
+            to: input.range.to,
+            last: input.range.last,
+            timezone: input.timezone,
+            count_by: input.count_by,
+            breakdown: input.breakdown,
+        };
+        let result =
+            journey::funnel(&app.db, tenant(ctx)?, query, app.config.query_timeout).await?;
+        Ok(FunnelResult {
+            steps: result.steps.into_iter().map(Into::into).collect(),
+            breakdowns: result
+                .breakdowns
+                .into_iter()
+                .map(|(value, steps)| FunnelBreakdown {
+                    value: Json(value),
+                    steps: steps.into_iter().map(Into::into).collect(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Cohorts by the period of each user's first start event, and the share
+    /// who did the return event in each later period.
+    #[graphql(guard = "RoleGuard::new(Role::Viewer)")]
+    async fn retention(&self, ctx: &Context<'_>, input: RetentionInput) -> Result<RetentionResult> {
+        let app = state(ctx)?;
+        let query = journey::RetentionQuery {
+            start_event: input.start_event,
+            return_event: input.return_event,
+            period: input.period.into(),
+            periods: input.periods,
+            from: input.range.from,
+            to: input.range.to,
+            last: input.range.last,
+            timezone: input.timezone,
+            count_by: input.count_by,
+        };
+        let cohorts =
+            journey::retention(&app.db, tenant(ctx)?, query, app.config.query_timeout).await?;
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        Ok(RetentionResult {
+            cohorts: cohorts
+                .into_iter()
+                .map(|c| RetentionCohort {
+                    start: c.start,
+                    size: count(c.size),
+                    returned: c.returned.into_iter().map(|r| r.map(count)).collect(),
+                    rates: c.rates,
+                })
+                .collect(),
+        })
+    }
+}

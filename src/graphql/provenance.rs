@@ -1,0 +1,95 @@
+//! Puts where each metric answer came from into the response:
+//! `extensions.queries: [{path, source, dbMs, skippedValues}]`.
+//!
+//! The extension is created per request; it hands resolvers a [`QueryLog`]
+//! through the request data and reads it back once execution is done.
+
+use std::sync::{Arc, Mutex};
+
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextPrepareRequest,
+};
+use async_graphql::{Request, Response, ServerResult, Value};
+
+/// One answered metric query.
+#[derive(Clone, Debug)]
+pub struct Provenance {
+    /// The response path, e.g. `metrics` or an alias.
+    pub path: String,
+    /// `raw` or `rollup`.
+    pub source: &'static str,
+    pub db_ms: f64,
+    /// Events whose field was present but not numeric.
+    pub skipped_values: u64,
+}
+
+/// What resolvers write to.
+#[derive(Clone, Default)]
+pub struct QueryLog(Arc<Mutex<Vec<Provenance>>>);
+
+impl QueryLog {
+    pub fn push(&self, p: Provenance) {
+        if let Ok(mut entries) = self.0.lock() {
+            entries.push(p);
+        }
+    }
+
+    fn take(&self) -> Vec<Provenance> {
+        self.0
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default()
+    }
+}
+
+pub struct QueryProvenance;
+
+impl ExtensionFactory for QueryProvenance {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(ProvenanceExtension(QueryLog::default()))
+    }
+}
+
+struct ProvenanceExtension(QueryLog);
+
+#[async_graphql::async_trait::async_trait]
+impl Extension for ProvenanceExtension {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        next.run(ctx, request.data(self.0.clone())).await
+    }
+
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> Response {
+        let mut response = next.run(ctx, operation_name).await;
+        let entries = self.0.take();
+        if !entries.is_empty() {
+            let list = entries
+                .into_iter()
+                .map(|p| {
+                    let mut m = async_graphql::indexmap::IndexMap::new();
+                    m.insert(async_graphql::Name::new("path"), Value::from(p.path));
+                    m.insert(async_graphql::Name::new("source"), Value::from(p.source));
+                    m.insert(async_graphql::Name::new("dbMs"), Value::from(p.db_ms));
+                    m.insert(
+                        async_graphql::Name::new("skippedValues"),
+                        Value::from(p.skipped_values),
+                    );
+                    Value::Object(m)
+                })
+                .collect();
+            response
+                .extensions
+                .insert("queries".to_owned(), Value::List(list));
+        }
+        response
+    }
+}

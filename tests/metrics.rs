@@ -1,0 +1,776 @@
+//! The metric query engine on a fixed dataset whose answers were worked out
+//! by hand: every measure, granularity, a DST-crossing range, grouping with
+//! `__other__`, filters, validation, isolation and the timeout. The same
+//! expectations hold on SQLite and PostgreSQL.
+
+use pulse::auth::Role;
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+/// Berlin's clocks go back on 2026-10-25 at 01:00Z (03:00 CEST → 02:00
+/// CET): local 2026-10-25 is 25 hours long.
+const DATASET: &str = r#"[
+  {"type":"page_view","timestamp":"2026-10-23T21:59:00Z","userId":"u5","properties":{"path":"/"}},
+  {"type":"page_view","timestamp":"2026-10-23T22:30:00Z","userId":"u1","properties":{"path":"/","ms":100}},
+  {"type":"page_view","timestamp":"2026-10-24T12:00:00Z","userId":"u2","properties":{"path":"/pricing","ms":200}},
+  {"type":"purchase","timestamp":"2026-10-24T21:59:00Z","userId":"u1","properties":{"amount":10.5,"plan":"pro"}},
+  {"type":"purchase","timestamp":"2026-10-24T22:00:00Z","userId":"u2","properties":{"amount":20,"plan":"team"}},
+  {"type":"page_view","timestamp":"2026-10-25T00:30:00Z","userId":"u1","properties":{"path":"/","ms":300}},
+  {"type":"page_view","timestamp":"2026-10-25T01:30:00Z","userId":"u3","properties":{"path":"/docs","ms":"slow"}},
+  {"type":"page_view","timestamp":"2026-10-25T22:59:00Z","userId":"u2","properties":{"path":"/pricing"}},
+  {"type":"purchase","timestamp":"2026-10-25T23:30:00Z","userId":"u3","properties":{"amount":4.25,"plan":"pro"}},
+  {"type":"signup","timestamp":"2026-10-26T22:59:00Z","userId":"u4","properties":{"nested":{"source":"ads"}}},
+  {"type":"page_view","timestamp":"2026-10-26T23:00:00Z","userId":"u1","properties":{"path":"/"}}
+]"#;
+
+/// Local 2026-10-24 00:00 to 2026-10-27 00:00 in Berlin.
+const BERLIN_3_DAYS: (&str, &str) = ("2026-10-23T22:00:00Z", "2026-10-26T23:00:00Z");
+const DAY_STARTS: [&str; 3] = [
+    "2026-10-23T22:00:00Z",
+    "2026-10-24T22:00:00Z",
+    "2026-10-25T23:00:00Z",
+];
+
+const METRICS: &str = "query($q: MetricQueryInput!) { metrics(query: $q) {
+    total cached computedAt series { group total points { bucket value } } } }";
+
+struct Fixture {
+    app: TestApp,
+    token: String,
+}
+
+/// A tenant holding the dataset (retention widened so the fixed dates stay
+/// valid for years), and another tenant with its own events in the same
+/// range, which no answer may count.
+async fn fixture() -> Fixture {
+    let app = spawn_app().await;
+    let mut tokens = Vec::new();
+    for prefix in ["metrics", "intruder"] {
+        let tenant = app.tenant(prefix).await;
+        let admin = app.token(&tenant, Role::Admin);
+        let body = app
+            .gql_as(
+                &admin,
+                "mutation { updateTenantSettings(input: { retentionDays: 3650 }) { id } }",
+                json!({}),
+            )
+            .await;
+        data(&body);
+        tokens.push(app.token(&tenant, Role::Viewer));
+        let editor = app.token(&tenant, Role::Editor);
+        let events: Value = if prefix == "metrics" {
+            serde_json::from_str(DATASET).expect("dataset")
+        } else {
+            json!([
+                {"type":"page_view","timestamp":"2026-10-24T12:00:00Z","userId":"x1","properties":{"path":"/","ms":5000}},
+                {"type":"purchase","timestamp":"2026-10-25T12:00:00Z","userId":"x2","properties":{"amount":1000,"plan":"pro"}}
+            ])
+        };
+        let (status, body) = app.post_events(&editor, events).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    Fixture {
+        app,
+        token: tokens.swap_remove(0),
+    }
+}
+
+impl Fixture {
+    async fn run(&self, q: Value) -> Value {
+        let body = self
+            .app
+            .gql_as(&self.token, METRICS, json!({ "q": q }))
+            .await;
+        assert!(body["errors"].is_null(), "{body}");
+        body
+    }
+
+    async fn metrics(&self, q: Value) -> Value {
+        self.run(q).await["data"]["metrics"].clone()
+    }
+
+    async fn error(&self, q: Value) -> (String, String) {
+        let body = self
+            .app
+            .gql_as(&self.token, METRICS, json!({ "q": q }))
+            .await;
+        let err = &body["errors"][0]["extensions"];
+        (
+            err["code"].as_str().unwrap_or_default().to_owned(),
+            err["field"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+}
+
+fn berlin_days(extra: Value) -> Value {
+    let mut q = json!({
+        "granularity": "DAY",
+        "timezone": "Europe/Berlin",
+        "range": { "from": BERLIN_3_DAYS.0, "to": BERLIN_3_DAYS.1 },
+    });
+    if let (Some(q), Value::Object(extra)) = (q.as_object_mut(), extra) {
+        q.extend(extra);
+    }
+    q
+}
+
+/// The one series' points as (bucket, value).
+fn points(result: &Value) -> Vec<(String, Value)> {
+    result["series"][0]["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| {
+            let bucket = p["bucket"].as_str().unwrap_or_default();
+            let at = chrono::DateTime::parse_from_rfc3339(bucket).expect("bucket is RFC 3339");
+            let utc = at.with_timezone(&chrono::Utc);
+            (
+                utc.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                p["value"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn values(result: &Value) -> Vec<Value> {
+    points(result).into_iter().map(|(_, v)| v).collect()
+}
+
+fn close(a: &Value, b: f64) -> bool {
+    a.as_f64().is_some_and(|a| (a - b).abs() < 1e-9)
+}
+
+#[tokio::test]
+async fn count_by_local_day_across_dst_has_every_bucket_and_only_this_tenant() {
+    let f = fixture().await;
+    let r = f.metrics(berlin_days(json!({ "measure": "COUNT" }))).await;
+    let starts: Vec<String> = points(&r).into_iter().map(|(b, _)| b).collect();
+    assert_eq!(
+        starts, DAY_STARTS,
+        "local midnights; the 25-hour day is one bucket"
+    );
+    assert_eq!(values(&r), [json!(3.0), json!(4.0), json!(2.0)]);
+    assert_eq!(r["total"], 9.0);
+    assert_eq!(r["cached"], false);
+    assert_eq!(r["series"][0]["group"], json!({}));
+
+    // The same events in UTC days, half-open at both ends of the range.
+    let r = f
+        .metrics(json!({ "measure": "COUNT", "granularity": "DAY",
+            "range": { "from": "2026-10-23T00:00:00Z", "to": "2026-10-27T00:00:00Z" } }))
+        .await;
+    assert_eq!(values(&r), [json!(2.0), json!(3.0), json!(4.0), json!(2.0)]);
+    assert_eq!(r["total"], 11.0);
+}
+
+#[tokio::test]
+async fn every_measure_matches_the_hand_computed_answer() {
+    let f = fixture().await;
+    let r = f
+        .metrics(berlin_days(
+            json!({ "measure": "COUNT_DISTINCT", "field": "userId" }),
+        ))
+        .await;
+    assert_eq!(values(&r), [json!(2.0), json!(3.0), json!(2.0)]);
+    assert_eq!(r["total"], 4.0);
+
+    let purchases = |measure: &str| {
+        berlin_days(
+            json!({ "measure": measure, "field": "properties.amount", "eventTypes": ["purchase"] }),
+        )
+    };
+    let r = f.metrics(purchases("SUM")).await;
+    assert_eq!(values(&r), [json!(10.5), json!(20.0), json!(4.25)]);
+    assert_eq!(r["total"], 34.75);
+    let r = f.metrics(purchases("AVG")).await;
+    assert_eq!(values(&r), [json!(10.5), json!(20.0), json!(4.25)]);
+    assert!(close(&r["total"], 34.75 / 3.0), "{r}");
+    let r = f.metrics(purchases("MIN")).await;
+    assert_eq!(r["total"], 4.25);
+    let r = f.metrics(purchases("MAX")).await;
+    assert_eq!(r["total"], 20.0);
+
+    // Page-view durations: 100 and 200 on day 1, 300 on day 2 (and "slow",
+    // skipped and reported), none on day 3.
+    let ms = |measure: &str| berlin_days(json!({ "measure": measure, "field": "properties.ms" }));
+    let body = f.run(ms("P50")).await;
+    let r = &body["data"]["metrics"];
+    assert_eq!(values(r), [json!(150.0), json!(300.0), Value::Null]);
+    assert_eq!(r["total"], 200.0);
+    let provenance = &body["extensions"]["queries"][0];
+    assert_eq!(provenance["source"], "raw", "{body}");
+    assert_eq!(provenance["skippedValues"], 1, "{body}");
+    assert!(provenance["dbMs"].as_f64().is_some(), "{body}");
+    let r = f.metrics(ms("P90")).await;
+    assert!(close(&r["total"], 280.0), "{r}");
+    assert!(close(&values(&r)[0], 190.0), "{r}");
+    let r = f.metrics(ms("P95")).await;
+    assert!(close(&r["total"], 290.0), "{r}");
+    let r = f.metrics(ms("P99")).await;
+    assert!(close(&r["total"], 298.0), "{r}");
+    // An empty bucket is 0 for sums, null for averages.
+    let r = f.metrics(ms("SUM")).await;
+    assert_eq!(values(&r), [json!(300.0), json!(300.0), json!(0.0)]);
+    let r = f.metrics(ms("AVG")).await;
+    assert_eq!(values(&r), [json!(150.0), json!(300.0), Value::Null]);
+}
+
+#[tokio::test]
+async fn hours_weeks_months_and_no_granularity_follow_local_time() {
+    let f = fixture().await;
+    // 00:00Z and 01:00Z are both 02:00 in Berlin that night: one bucket.
+    let r = f
+        .metrics(
+            json!({ "measure": "COUNT", "granularity": "HOUR", "timezone": "Europe/Berlin",
+            "range": { "from": "2026-10-25T00:00:00Z", "to": "2026-10-25T03:00:00Z" } }),
+        )
+        .await;
+    assert_eq!(
+        points(&r),
+        [
+            ("2026-10-25T00:00:00Z".to_owned(), json!(2.0)),
+            ("2026-10-25T02:00:00Z".to_owned(), json!(0.0)),
+        ]
+    );
+    let r = f
+        .metrics(
+            json!({ "measure": "COUNT", "granularity": "MINUTE", "timezone": "Europe/Berlin",
+            "range": { "from": "2026-10-25T00:29:00Z", "to": "2026-10-25T00:32:00Z" } }),
+        )
+        .await;
+    assert_eq!(values(&r), [json!(0.0), json!(1.0), json!(0.0)]);
+    // ISO weeks from Monday 2026-10-19 and 2026-10-26, local.
+    let r = f
+        .metrics(
+            json!({ "measure": "COUNT", "granularity": "WEEK", "timezone": "Europe/Berlin",
+            "range": { "from": "2026-10-18T22:00:00Z", "to": "2026-11-01T23:00:00Z" } }),
+        )
+        .await;
+    assert_eq!(
+        points(&r),
+        [
+            ("2026-10-18T22:00:00Z".to_owned(), json!(8.0)),
+            ("2026-10-25T23:00:00Z".to_owned(), json!(3.0)),
+        ]
+    );
+    let r = f
+        .metrics(
+            json!({ "measure": "COUNT", "granularity": "MONTH", "timezone": "Europe/Berlin",
+            "range": { "from": "2026-09-30T22:00:00Z", "to": "2026-11-30T23:00:00Z" } }),
+        )
+        .await;
+    assert_eq!(
+        points(&r),
+        [
+            ("2026-09-30T22:00:00Z".to_owned(), json!(11.0)),
+            ("2026-10-31T23:00:00Z".to_owned(), json!(0.0)),
+        ]
+    );
+    // Kolkata is UTC+05:30: its days start at 18:30Z.
+    let r = f
+        .metrics(
+            json!({ "measure": "COUNT", "granularity": "DAY", "timezone": "Asia/Kolkata",
+            "range": { "from": "2026-10-23T18:30:00Z", "to": "2026-10-25T18:30:00Z" } }),
+        )
+        .await;
+    assert_eq!(values(&r), [json!(3.0), json!(4.0)]);
+    let r = f
+        .metrics(json!({ "measure": "COUNT", "range": { "from": BERLIN_3_DAYS.0, "to": BERLIN_3_DAYS.1 } }))
+        .await;
+    assert_eq!(points(&r), [(BERLIN_3_DAYS.0.to_owned(), json!(9.0))]);
+}
+
+#[tokio::test]
+async fn groups_are_ordered_by_total_and_the_rest_is_other() {
+    let f = fixture().await;
+    let r = f
+        .metrics(berlin_days(
+            json!({ "measure": "COUNT", "groupBy": ["type"] }),
+        ))
+        .await;
+    let groups: Vec<(Value, Value)> = r["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .map(|s| (s["group"].clone(), s["total"].clone()))
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            (json!({ "type": "page_view" }), json!(5.0)),
+            (json!({ "type": "purchase" }), json!(3.0)),
+            (json!({ "type": "signup" }), json!(1.0)),
+        ]
+    );
+    let r = f
+        .metrics(berlin_days(
+            json!({ "measure": "COUNT", "groupBy": ["type"], "limit": 2 }),
+        ))
+        .await;
+    let series = r["series"].as_array().expect("series");
+    assert_eq!(series.len(), 3);
+    assert_eq!(series[2]["group"], json!({ "type": "__other__" }));
+    assert_eq!(series[2]["total"], 1.0);
+    let other: Vec<Value> = series[2]["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| p["value"].clone())
+        .collect();
+    assert_eq!(other, [json!(0.0), json!(0.0), json!(1.0)]);
+    let page_views: Vec<Value> = series[0]["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| p["value"].clone())
+        .collect();
+    assert_eq!(page_views, [json!(2.0), json!(3.0), json!(0.0)]);
+
+    // Two dimensions, one a property, ordered by the summed amount.
+    let r = f
+        .metrics(berlin_days(
+            json!({ "measure": "SUM", "field": "properties.amount",
+            "groupBy": ["type", "properties.plan"], "eventTypes": ["purchase"] }),
+        ))
+        .await;
+    let groups: Vec<(Value, Value)> = r["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .map(|s| (s["group"].clone(), s["total"].clone()))
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            (
+                json!({ "type": "purchase", "properties.plan": "team" }),
+                json!(20.0)
+            ),
+            (
+                json!({ "type": "purchase", "properties.plan": "pro" }),
+                json!(14.75)
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn every_filter_op_on_columns_and_property_paths() {
+    let f = fixture().await;
+    let cases = [
+        (
+            json!({ "field": "properties.path", "op": "EQ", "value": "/" }),
+            2.0,
+        ),
+        (
+            json!({ "field": "properties.path", "op": "NEQ", "value": "/" }),
+            7.0,
+        ),
+        (
+            json!({ "field": "properties.path", "op": "IN", "value": ["/", "/docs"] }),
+            3.0,
+        ),
+        (
+            json!({ "field": "properties.path", "op": "NOT_IN", "value": ["/", "/docs"] }),
+            6.0,
+        ),
+        (
+            json!({ "field": "properties.path", "op": "CONTAINS", "value": "pri" }),
+            2.0,
+        ),
+        (
+            json!({ "field": "properties.ms", "op": "GT", "value": 150 }),
+            2.0,
+        ),
+        (
+            json!({ "field": "properties.ms", "op": "GTE", "value": 200 }),
+            2.0,
+        ),
+        (
+            json!({ "field": "properties.ms", "op": "LT", "value": 200 }),
+            1.0,
+        ),
+        (
+            json!({ "field": "properties.ms", "op": "LTE", "value": 200 }),
+            2.0,
+        ),
+        (json!({ "field": "properties.ms", "op": "EXISTS" }), 4.0),
+        (
+            json!({ "field": "properties.ms", "op": "EXISTS", "value": false }),
+            5.0,
+        ),
+        (
+            json!({ "field": "properties.amount", "op": "EQ", "value": 20 }),
+            1.0,
+        ),
+        (
+            json!({ "field": "properties.nested.source", "op": "EQ", "value": "ads" }),
+            1.0,
+        ),
+        (
+            json!({ "field": "userId", "op": "IN", "value": ["u1", "u2"] }),
+            6.0,
+        ),
+        (
+            json!({ "field": "userId", "op": "NEQ", "value": "u1" }),
+            6.0,
+        ),
+        (
+            json!({ "field": "userId", "op": "NOT_IN", "value": ["u1"] }),
+            6.0,
+        ),
+        (
+            json!({ "field": "type", "op": "NEQ", "value": "page_view" }),
+            4.0,
+        ),
+        (
+            json!({ "field": "type", "op": "EQ", "value": "signup" }),
+            1.0,
+        ),
+        (
+            json!({ "field": "type", "op": "CONTAINS", "value": "view" }),
+            5.0,
+        ),
+        (json!({ "field": "userId", "op": "GT", "value": "u2" }), 3.0),
+        (
+            json!({ "field": "sessionId", "op": "EXISTS", "value": false }),
+            9.0,
+        ),
+    ];
+    for (filter, expected) in cases {
+        let r = f
+            .metrics(berlin_days(
+                json!({ "measure": "COUNT", "filters": [filter.clone()] }),
+            ))
+            .await;
+        assert_eq!(r["total"], expected, "filter {filter}");
+    }
+    // Filters combine with AND.
+    let r = f
+        .metrics(berlin_days(json!({ "measure": "COUNT", "filters": [
+            { "field": "type", "op": "EQ", "value": "page_view" },
+            { "field": "userId", "op": "EQ", "value": "u1" } ] })))
+        .await;
+    assert_eq!(r["total"], 2.0);
+}
+
+#[tokio::test]
+async fn invalid_queries_name_the_field_before_running() {
+    let f = fixture().await;
+    let day = |extra: Value| berlin_days(extra);
+    let cases = [
+        (
+            day(json!({ "measure": "COUNT", "field": "color" })),
+            "query.field",
+        ),
+        (
+            day(json!({ "measure": "SUM", "field": "userId" })),
+            "query.field",
+        ),
+        (day(json!({ "measure": "AVG" })), "query.field"),
+        (
+            day(
+                json!({ "measure": "COUNT", "groupBy": ["type", "userId", "sessionId", "properties.a"] }),
+            ),
+            "query.groupBy",
+        ),
+        (
+            day(json!({ "measure": "COUNT", "groupBy": ["bogus"] })),
+            "query.groupBy[0]",
+        ),
+        (
+            day(
+                json!({ "measure": "COUNT", "filters": [{ "field": "properties.a b", "op": "EQ", "value": 1 }] }),
+            ),
+            "query.filters[0].field",
+        ),
+        (
+            day(
+                json!({ "measure": "COUNT", "filters": [{ "field": "type", "op": "IN", "value": "x" }] }),
+            ),
+            "query.filters[0].value",
+        ),
+        (
+            day(json!({ "measure": "COUNT", "timezone": "Mars/Olympus" })),
+            "query.timezone",
+        ),
+        (
+            day(json!({ "measure": "COUNT", "limit": 0 })),
+            "query.limit",
+        ),
+        (
+            json!({ "measure": "COUNT", "range": { "from": "2026-10-02T00:00:00Z", "to": "2026-10-01T00:00:00Z" } }),
+            "query.range.from",
+        ),
+        (
+            json!({ "measure": "COUNT", "range": { "last": "30 days" } }),
+            "query.range.last",
+        ),
+        (
+            json!({ "measure": "COUNT", "range": { "last": "0d" } }),
+            "query.range.last",
+        ),
+        (
+            json!({ "measure": "COUNT", "range": { "last": "1d", "from": "2026-10-01T00:00:00Z" } }),
+            "query.range",
+        ),
+        (
+            json!({ "measure": "COUNT", "range": {} }),
+            "query.range.from",
+        ),
+    ];
+    for (q, field) in cases {
+        assert_eq!(
+            f.error(q.clone()).await,
+            ("BAD_USER_INPUT".to_owned(), field.to_owned()),
+            "{q}"
+        );
+    }
+
+    // 10,000 buckets × series is the cap: at it, fine; past it, refused.
+    let minutes = |n: i64| {
+        let from = chrono::DateTime::parse_from_rfc3339("2026-10-20T00:00:00Z").expect("from");
+        json!({ "measure": "COUNT", "granularity": "MINUTE", "range": {
+            "from": from.to_rfc3339(), "to": (from + chrono::Duration::minutes(n)).to_rfc3339() } })
+    };
+    let r = f.metrics(minutes(10_000)).await;
+    assert_eq!(points(&r).len(), 10_000);
+    assert_eq!(
+        f.error(minutes(10_001)).await,
+        ("BAD_USER_INPUT".to_owned(), "query.granularity".to_owned())
+    );
+    // With groupBy the cap counts limit + 1 series: 100 buckets × 100 + 1.
+    let mut grouped = minutes(100);
+    grouped["groupBy"] = json!(["type"]);
+    grouped["limit"] = json!(99);
+    assert!(f.run(grouped.clone()).await["errors"].is_null());
+    grouped["limit"] = json!(100);
+    assert_eq!(
+        f.error(grouped).await,
+        ("BAD_USER_INPUT".to_owned(), "query.granularity".to_owned())
+    );
+
+    // A relative range ends now; the dataset is far older than an hour.
+    let r = f
+        .metrics(json!({ "measure": "COUNT", "range": { "last": "1h" } }))
+        .await;
+    assert_eq!(r["total"], 0.0);
+}
+
+#[tokio::test]
+async fn another_tenant_sees_only_its_own_numbers() {
+    let f = fixture().await;
+    let other = f.app.tenant("metrics-other").await;
+    let token = f.app.token(&other, Role::Viewer);
+    let body = f
+        .app
+        .gql_as(
+            &token,
+            METRICS,
+            json!({ "q": berlin_days(json!({ "measure": "COUNT" })) }),
+        )
+        .await;
+    assert_eq!(
+        data(&body)["metrics"]["total"],
+        0.0,
+        "a fresh tenant counts nothing"
+    );
+    // The fixture's own totals above exclude the intruder's 1000 and 5000.
+    let r = f
+        .metrics(berlin_days(
+            json!({ "measure": "MAX", "field": "properties.amount" }),
+        ))
+        .await;
+    assert_eq!(r["total"], 20.0);
+    let body = f
+        .app
+        .gql_anonymous(
+            METRICS,
+            json!({ "q": berlin_days(json!({ "measure": "COUNT" })) }),
+        )
+        .await;
+    assert_code(&body, "UNAUTHENTICATED");
+}
+
+#[tokio::test]
+async fn queries_report_and_count_their_source() {
+    let f = fixture().await;
+    // A COUNT by type at DAY granularity in a whole-hour zone: rollups.
+    let body = f
+        .run(berlin_days(
+            json!({ "measure": "COUNT", "groupBy": ["type"] }),
+        ))
+        .await;
+    assert_eq!(
+        body["extensions"]["queries"][0]["source"], "rollup",
+        "{body}"
+    );
+    // Distinct users cannot come from hourly counts: raw events.
+    let body = f
+        .run(berlin_days(
+            json!({ "measure": "COUNT_DISTINCT", "field": "userId" }),
+        ))
+        .await;
+    assert_eq!(body["extensions"]["queries"][0]["source"], "raw", "{body}");
+    // Kolkata's half-hour offset splits UTC hours between local days.
+    let body = f
+        .run(
+            json!({ "measure": "COUNT", "granularity": "DAY", "timezone": "Asia/Kolkata",
+            "range": { "from": "2026-10-23T18:30:00Z", "to": "2026-10-25T18:30:00Z" } }),
+        )
+        .await;
+    assert_eq!(body["extensions"]["queries"][0]["source"], "raw", "{body}");
+    let text = f
+        .app
+        .http
+        .get(f.app.url("/metrics"))
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains("pulse_metric_queries_total{source=\"raw\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pulse_metric_queries_total{source=\"rollup\"} 1"),
+        "{text}"
+    );
+}
+
+/// Random events and random rollup-eligible queries: the answer from the
+/// hourly aggregates must equal the answer from raw events (forced by a
+/// filter that matches every event, `type EXISTS`).
+#[tokio::test]
+async fn rollup_answers_equal_raw_answers_on_random_data() {
+    use rand::{Rng, SeedableRng};
+    let app = spawn_app().await;
+    let tenant = app.tenant("rollup-prop").await;
+    let admin = app.token(&tenant, Role::Admin);
+    data(
+        &app.gql_as(
+            &admin,
+            "mutation { updateTenantSettings(input: { retentionDays: 3650 }) { id } }",
+            json!({}),
+        )
+        .await,
+    );
+    let editor = app.token(&tenant, Role::Editor);
+    let viewer = app.token(&tenant, Role::Viewer);
+    // PULSE_TEST_SEED replays a failure.
+    let seed: u64 = std::env::var("PULSE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let base = chrono::DateTime::parse_from_rfc3339("2026-03-27T00:00:00Z")
+        .expect("base")
+        .with_timezone(&chrono::Utc);
+    let types = ["a", "b", "c", "d"];
+    // Three batches, the later ones partly "late" (earlier timestamps).
+    for _ in 0..3 {
+        let events: Vec<Value> = (0..400)
+            .map(|_| {
+                let at = base + chrono::Duration::seconds(rng.random_range(0..6 * 86_400));
+                json!({ "type": types[rng.random_range(0..types.len())], "timestamp": at.to_rfc3339() })
+            })
+            .collect();
+        let (status, body) = app.post_events(&editor, Value::Array(events)).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let zones = [
+        "UTC",
+        "Europe/Berlin",
+        "America/New_York",
+        "Asia/Tokyo",
+        "Australia/Sydney",
+    ];
+    let granularities = [
+        Value::Null,
+        json!("HOUR"),
+        json!("DAY"),
+        json!("WEEK"),
+        json!("MONTH"),
+    ];
+    for round in 0..25 {
+        let from = base + chrono::Duration::minutes(rng.random_range(-600..5 * 1440));
+        let to = from + chrono::Duration::minutes(rng.random_range(30..4 * 1440));
+        let mut q = json!({
+            "measure": "COUNT",
+            "timezone": zones[rng.random_range(0..zones.len())],
+            "range": { "from": from.to_rfc3339(), "to": to.to_rfc3339() },
+        });
+        let g = &granularities[rng.random_range(0..granularities.len())];
+        if !g.is_null() {
+            q["granularity"] = g.clone();
+        }
+        if rng.random_bool(0.5) {
+            q["groupBy"] = json!(["type"]);
+            q["limit"] = json!(rng.random_range(1..5));
+        }
+        if rng.random_bool(0.3) {
+            q["eventTypes"] = json!(["a", "c"]);
+        }
+        let fast = app.gql_as(&viewer, METRICS, json!({ "q": q })).await;
+        let mut forced = q.clone();
+        forced["filters"] = json!([{ "field": "type", "op": "EXISTS" }]);
+        let slow = app.gql_as(&viewer, METRICS, json!({ "q": forced })).await;
+        assert_eq!(
+            slow["extensions"]["queries"][0]["source"], "raw",
+            "{forced}: {slow}"
+        );
+        let exact_hours = from.timestamp() % 3600 == 0 && to.timestamp() % 3600 == 0;
+        if to - from >= chrono::Duration::hours(2) || exact_hours {
+            assert_eq!(
+                fast["extensions"]["queries"][0]["source"], "rollup",
+                "round {round}: {q}"
+            );
+        }
+        let strip = |v: &Value| {
+            let mut m = v["data"]["metrics"].clone();
+            m["computedAt"] = Value::Null;
+            m
+        };
+        if strip(&fast) != strip(&slow) {
+            panic!(
+                "seed {seed}, round {round}: {q}\nrollup: {}\nraw: {}",
+                strip(&fast),
+                strip(&slow)
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_query_past_the_statement_timeout_answers_query_timeout() {
+    let app = spawn_app_with(|s| {
+        s.set("PULSE_QUERY_TIMEOUT_MS", 1);
+    })
+    .await;
+    let tenant = app.tenant("slow").await;
+    let editor = app.token(&tenant, Role::Editor);
+    let now = chrono::Utc::now();
+    for batch in 0..4 {
+        let events: Vec<Value> = (0..5_000)
+            .map(|i| {
+                json!({ "type": "tick", "userId": format!("u{}", i % 997),
+                    "timestamp": (now - chrono::Duration::seconds(i + batch * 5_000)).to_rfc3339(),
+                    "properties": { "v": i, "k": format!("k{}", i % 50) } })
+            })
+            .collect();
+        let (status, body) = app.post_events(&editor, Value::Array(events)).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let body = app
+        .gql_as(
+            &app.token(&tenant, Role::Viewer),
+            METRICS,
+            json!({ "q": { "measure": "P99", "field": "properties.v", "groupBy": ["userId", "properties.k"],
+                "granularity": "HOUR", "limit": 10, "range": { "last": "1d" } } }),
+        )
+        .await;
+    assert_code(&body, "QUERY_TIMEOUT");
+}
