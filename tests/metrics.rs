@@ -774,3 +774,52 @@ async fn a_query_past_the_statement_timeout_answers_query_timeout() {
         .await;
     assert_code(&body, "QUERY_TIMEOUT");
 }
+
+#[tokio::test]
+async fn the_database_itself_stops_a_statement_past_the_deadline() {
+    use pulse::domain::metrics::{Session, session};
+    use sea_orm::Statement;
+    use std::time::Duration;
+
+    let app = spawn_app().await;
+    let tenant = app.tenant("cancel").await;
+    let admin = tenant.user(Role::Admin);
+    let ctx = pulse::auth::TenantCtx {
+        tenant_id: tenant.id,
+        tenant_slug: tenant.slug.clone(),
+        user_id: admin.id,
+        user_email: admin.email.clone(),
+        role: Role::Viewer,
+    };
+    let db = &app.state.db;
+    let sql = |text: &str| Statement::from_string(db.get_database_backend(), text);
+
+    let mut session = Session::begin(db, &ctx, Duration::from_millis(200))
+        .await
+        .expect("session");
+    // A statement that never ends on its own, awaited without the
+    // server-side bound of `within`: only the database can stop it. The
+    // guard turns a hang into a failure instead of a stuck suite.
+    let endless = sql(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) \
+         SELECT count(*) FROM n",
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(120), session.query_all(endless))
+        .await
+        .expect("the database did not stop the statement");
+    let err = outcome.expect_err("an endless statement returned rows");
+    assert!(session::cancelled_by_database(&err), "{err}");
+    drop(session);
+
+    // The database is free again: a new session answers at once.
+    let mut next = Session::begin(db, &ctx, Duration::from_secs(10))
+        .await
+        .expect("session");
+    let row = next
+        .query_one(sql("SELECT 41 + 1"))
+        .await
+        .expect("query")
+        .expect("row");
+    assert_eq!(row.try_get_by_index::<i32>(0).expect("int"), 42);
+    next.finish().await.expect("finish");
+}

@@ -9,13 +9,13 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sea_orm::DatabaseConnection;
 use serde_json::Value;
 
 use super::plan::{self, Field, FilterOp};
 use super::raw::{self, percentile_cont};
 use super::time::{self, Granularity};
-use super::{OTHER, begin_timed, within};
+use super::{OTHER, Session, within};
 use crate::auth::TenantCtx;
 use crate::domain::events::query::{time_at, time_value};
 use crate::error::{AppError, AppResult};
@@ -145,9 +145,9 @@ pub async fn funnel(
         steps.push((step.event_type.clone(), filters));
     }
 
-    let txn = begin_timed(db, ctx, timeout).await?;
-    let backend = txn.get_database_backend();
-    let mut sql = raw::new_sql(&txn);
+    let mut session = Session::begin(db, ctx, timeout).await?;
+    let backend = session.backend();
+    let mut sql = raw::new_sql(backend);
     let flags: Vec<String> = steps
         .iter()
         .enumerate()
@@ -173,8 +173,8 @@ pub async fn funnel(
         until = sql.bind(time_value(backend, to + window)),
         types = types.join(", "),
     );
-    let rows = within(timeout, txn.query_all_raw(raw::statement(sql, text))).await?;
-    txn.commit().await?;
+    let rows = within(timeout, session.query_all(raw::statement(sql, text))).await?;
+    session.finish().await?;
 
     let n = steps.len();
     // Per breakdown value: actors reaching each step, and the seconds each
@@ -384,9 +384,9 @@ pub async fn retention(
     let starts: Vec<DateTime<Utc>> = all.iter().map(|b| b.start).collect();
     let period_of = |t: DateTime<Utc>| starts.partition_point(|s| *s <= t).saturating_sub(1);
 
-    let txn = begin_timed(db, ctx, timeout).await?;
-    let backend = txn.get_database_backend();
-    let mut sql = raw::new_sql(&txn);
+    let mut session = Session::begin(db, ctx, timeout).await?;
+    let backend = session.backend();
+    let mut sql = raw::new_sql(backend);
     let col = actor.column();
     let text = format!(
         "SELECT {col}, occurred_at, CASE WHEN type = {s} THEN 1 ELSE 0 END, CASE WHEN type = {r} THEN 1 ELSE 0 END \
@@ -400,8 +400,8 @@ pub async fn retention(
         s2 = sql.bind(q.start_event.clone()),
         r2 = sql.bind(q.return_event.clone()),
     );
-    let rows = within(timeout, txn.query_all_raw(raw::statement(sql, text))).await?;
-    txn.commit().await?;
+    let rows = within(timeout, session.query_all(raw::statement(sql, text))).await?;
+    session.finish().await?;
 
     let mut size = vec![0u64; cohorts.len()];
     let mut returned = vec![vec![0u64; periods + 1]; cohorts.len()];

@@ -5,21 +5,20 @@
 pub mod journey;
 pub mod plan;
 pub mod raw;
+pub mod session;
 pub mod time;
 
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
-};
+use sea_orm::{DatabaseConnection, DbErr};
 use serde_json::{Map, Value};
 
 pub use plan::{FilterOp, Measure, MetricQuery};
+pub use session::Session;
 pub use time::Granularity;
 
 use crate::auth::TenantCtx;
-use crate::db::begin_scoped;
 use crate::error::{AppError, AppResult};
 
 /// The name of the series that sums the groups past `limit`.
@@ -72,9 +71,9 @@ pub async fn run(
     let now = Utc::now();
     let plan = plan::plan(query, now)?;
     let started = Instant::now();
-    let txn = begin_timed(db, ctx, timeout).await?;
-    let aggregates = within(timeout, raw::aggregate(&txn, &plan, ctx.tenant_id)).await?;
-    txn.commit().await?;
+    let mut session = Session::begin(db, ctx, timeout).await?;
+    let aggregates = within(timeout, raw::aggregate(&mut session, &plan, ctx.tenant_id)).await?;
+    session.finish().await?;
     let db_time = started.elapsed();
     let source = if aggregates.from_rollups {
         Source::Rollup
@@ -84,29 +83,8 @@ pub async fn run(
     Ok(assemble(&plan, aggregates, now, source, db_time))
 }
 
-/// A tenant-scoped transaction in which PostgreSQL cancels any statement
-/// that runs past `timeout` (on the server, not just the wait for it).
-pub(crate) async fn begin_timed(
-    db: &DatabaseConnection,
-    ctx: &TenantCtx,
-    timeout: Duration,
-) -> AppResult<DatabaseTransaction> {
-    let txn = begin_scoped(db, ctx).await?;
-    if txn.get_database_backend() == DbBackend::Postgres {
-        txn.execute_raw(Statement::from_string(
-            DbBackend::Postgres,
-            format!(
-                "SET LOCAL statement_timeout = {}",
-                timeout.as_millis().max(1)
-            ),
-        ))
-        .await?;
-    }
-    Ok(txn)
-}
-
 /// Awaits `query` for at most `timeout`; running out, here or on the
-/// server, answers `QUERY_TIMEOUT`.
+/// database (see [`session`]), answers `QUERY_TIMEOUT`.
 pub(crate) async fn within<T>(
     timeout: Duration,
     query: impl Future<Output = Result<T, DbErr>>,
@@ -119,13 +97,7 @@ pub(crate) async fn within<T>(
     };
     match tokio::time::timeout(timeout, query).await {
         Ok(Ok(value)) => Ok(value),
-        // PostgreSQL's `query_canceled` (57014), raised by statement_timeout.
-        Ok(Err(e))
-            if e.to_string()
-                .contains("canceling statement due to statement timeout") =>
-        {
-            Err(timed_out())
-        }
+        Ok(Err(e)) if session::cancelled_by_database(&e) => Err(timed_out()),
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(timed_out()),
     }

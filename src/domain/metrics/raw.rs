@@ -18,11 +18,10 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, Statement, Value as SqlValue,
-};
+use sea_orm::{DbBackend, QueryResult, Statement, Value as SqlValue};
 use serde_json::Value;
 
+use super::Session;
 use super::plan::{Field, Filter, FilterOp, Measure, Plan};
 use super::time::{self, Granularity};
 use crate::domain::events::query::time_value;
@@ -573,9 +572,9 @@ pub(super) fn statement(sql: Sql, text: String) -> Statement {
     Statement::from_sql_and_values(sql.backend, text, sql.values)
 }
 
-pub(super) fn new_sql(txn: &DatabaseTransaction) -> Sql {
+pub(super) fn new_sql(backend: DbBackend) -> Sql {
     Sql {
-        backend: txn.get_database_backend(),
+        backend,
         values: Vec::new(),
     }
 }
@@ -605,13 +604,13 @@ fn bucket_of(
 }
 
 pub async fn aggregate(
-    txn: &DatabaseTransaction,
+    s: &mut Session,
     plan: &Plan,
     tenant: uuid::Uuid,
 ) -> Result<Aggregates, sea_orm::DbErr> {
-    let backend = txn.get_database_backend();
+    let backend = s.backend();
     if backend != DbBackend::Postgres && plan.measure.percentile().is_some() {
-        return percentiles_in_rust(txn, plan, tenant).await;
+        return percentiles_in_rust(s, plan, tenant).await;
     }
     let rollup = rollup_window(plan);
     let mut out = Aggregates {
@@ -622,20 +621,20 @@ pub async fn aggregate(
     let g = group_columns(plan);
 
     // The total over everything, and the skipped values.
-    let mut sql = new_sql(txn);
+    let mut sql = new_sql(backend);
     let text = format!(
         "SELECT {}, sum(skip) FROM ({}) e",
         sql.measure(plan.measure, rollup.is_some()),
         inner(&mut sql, plan, tenant, rollup)
     );
-    if let Some(row) = txn.query_one_raw(statement(sql, text)).await? {
+    if let Some(row) = s.query_one(statement(sql, text)).await? {
         out.total = float(&row, 0)?;
         out.skipped = row.try_get_by_index::<Option<i64>>(1)?.unwrap_or(0).max(0) as u64;
     }
 
     let mut restrict = None;
     if n > 0 {
-        let mut sql = new_sql(txn);
+        let mut sql = new_sql(backend);
         let order: String = (0..n).map(|i| format!(", g{i} ASC NULLS FIRST")).collect();
         let text = format!(
             "SELECT {cols}, {m} AS total FROM ({inner}) e GROUP BY {cols} ORDER BY total DESC NULLS LAST{order} LIMIT {limit}",
@@ -644,7 +643,7 @@ pub async fn aggregate(
             inner = inner(&mut sql, plan, tenant, rollup),
             limit = plan.limit + 1,
         );
-        for row in txn.query_all_raw(statement(sql, text)).await? {
+        for row in s.query_all(statement(sql, text)).await? {
             out.groups.push((key(&row, 0, n)?, float(&row, n)?));
         }
         if out.groups.len() > plan.limit {
@@ -655,7 +654,7 @@ pub async fn aggregate(
         restrict = Some(keys);
     }
 
-    let mut sql = new_sql(txn);
+    let mut sql = new_sql(backend);
     let inner_sql = inner(&mut sql, plan, tenant, rollup);
     let filter = match &restrict {
         Some(keys) if out.more_groups => format!(" WHERE {}", sql.restriction(keys, false)),
@@ -665,7 +664,7 @@ pub async fn aggregate(
         "SELECT bucket{g}, {m} FROM ({inner_sql}) e{filter} GROUP BY bucket{g}",
         m = sql.measure(plan.measure, rollup.is_some())
     );
-    for row in txn.query_all_raw(statement(sql, text)).await? {
+    for row in s.query_all(statement(sql, text)).await? {
         let group = Some(key(&row, 1, n)?);
         out.points
             .insert((group, bucket_of(backend, &row)?), float(&row, n + 1)?);
@@ -675,21 +674,18 @@ pub async fn aggregate(
         && let Some(keys) = &restrict
     {
         let rest = |columns: &str, grouping: &str| {
-            let mut sql = new_sql(txn);
+            let mut sql = new_sql(backend);
             let inner_sql = inner(&mut sql, plan, tenant, rollup);
             let rest = sql.restriction(keys, true);
             let m = sql.measure(plan.measure, rollup.is_some());
             let text = format!("SELECT {columns}{m} FROM ({inner_sql}) e WHERE {rest}{grouping}");
             statement(sql, text)
         };
-        for row in txn
-            .query_all_raw(rest("bucket, ", " GROUP BY bucket"))
-            .await?
-        {
+        for row in s.query_all(rest("bucket, ", " GROUP BY bucket")).await? {
             out.points
                 .insert((None, bucket_of(backend, &row)?), float(&row, 1)?);
         }
-        if let Some(row) = txn.query_one_raw(rest("", "")).await? {
+        if let Some(row) = s.query_one(rest("", "")).await? {
             out.other_total = float(&row, 0)?;
         }
     }
@@ -712,24 +708,24 @@ pub fn percentile_cont(sorted: &[f64], q: f64) -> Option<f64> {
 }
 
 async fn percentiles_in_rust(
-    txn: &DatabaseTransaction,
+    s: &mut Session,
     plan: &Plan,
     tenant: uuid::Uuid,
 ) -> Result<Aggregates, sea_orm::DbErr> {
     let q = plan.measure.percentile().unwrap_or(0.5);
     let n = plan.group_by.len();
     let g = group_columns(plan);
-    let mut sql = new_sql(txn);
+    let backend = s.backend();
+    let mut sql = new_sql(backend);
     let text = format!(
         "SELECT bucket{g}, v, skip FROM ({}) e ORDER BY v",
         inner(&mut sql, plan, tenant, None)
     );
-    let backend = txn.get_database_backend();
     let mut all = Vec::new();
     let mut skipped = 0u64;
     let mut by_group: HashMap<GroupKey, Vec<f64>> = HashMap::new();
     let mut cells: HashMap<(GroupKey, Option<NaiveDateTime>), Vec<f64>> = HashMap::new();
-    for row in txn.query_all_raw(statement(sql, text)).await? {
+    for row in s.query_all(statement(sql, text)).await? {
         skipped += row
             .try_get_by_index::<Option<i64>>(n + 2)?
             .unwrap_or(0)
