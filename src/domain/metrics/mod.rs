@@ -2,6 +2,7 @@
 //! [`Plan`](plan::Plan), answered from raw events, and assembled into
 //! series with every bucket present.
 
+mod cells;
 pub mod journey;
 pub mod plan;
 pub mod raw;

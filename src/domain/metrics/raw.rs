@@ -2,8 +2,10 @@
 //!
 //! One inner select maps each matching event to its bucket (the local start
 //! of its time bucket), its group values and the measured value; outer
-//! selects aggregate it: the overall total, the per-group totals that pick
-//! the top series, and the points. Both backends get the same shape of SQL;
+//! selects aggregate it. Decomposable measures take one outer select of
+//! per-cell partials (see [`cells`](super::cells)); the others (and
+//! groupings with too many cells) one each for the overall total, the
+//! per-group totals that pick the top series, and the points. Both backends get the same shape of SQL;
 //! they differ only in expressions (JSON access, local time), which is why
 //! the text is assembled here rather than through sea-query, where every
 //! such expression would be an opaque custom string anyway. Values are
@@ -21,9 +23,9 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use sea_orm::{DbBackend, QueryResult, Statement, Value as SqlValue};
 use serde_json::Value;
 
-use super::Session;
 use super::plan::{Field, Filter, FilterOp, Measure, Plan};
 use super::time::{self, Granularity};
+use super::{Session, cells};
 use crate::domain::events::query::time_value;
 
 /// One group's values for the dimensions of `groupBy` (JSON text; `None`
@@ -449,7 +451,7 @@ impl Sql {
     }
 }
 
-fn group_columns(plan: &Plan) -> String {
+pub(super) fn group_columns(plan: &Plan) -> String {
     (0..plan.group_by.len())
         .map(|i| format!(", g{i}"))
         .collect()
@@ -458,7 +460,12 @@ fn group_columns(plan: &Plan) -> String {
 /// The inner select: one row per matching event of the caller's tenant,
 /// or, with a rollup window, one row per hourly aggregate inside it plus
 /// one per raw event in the partial hours around it.
-fn inner(sql: &mut Sql, plan: &Plan, tenant: uuid::Uuid, rollup: Option<Window>) -> String {
+pub(super) fn inner(
+    sql: &mut Sql,
+    plan: &Plan,
+    tenant: uuid::Uuid,
+    rollup: Option<Window>,
+) -> String {
     let Some((start, end)) = rollup else {
         return raw_inner(sql, plan, tenant, &[(plan.from, plan.to)]);
     };
@@ -538,7 +545,7 @@ fn raw_inner(sql: &mut Sql, plan: &Plan, tenant: uuid::Uuid, spans: &[Window]) -
 }
 
 /// A half-open span of time.
-type Window = (DateTime<Utc>, DateTime<Utc>);
+pub type Window = (DateTime<Utc>, DateTime<Utc>);
 
 /// The whole UTC hours of the range, when the hourly aggregates answer the
 /// plan exactly: a plain COUNT, by type at most, no filters, HOUR or
@@ -579,17 +586,17 @@ pub(super) fn new_sql(backend: DbBackend) -> Sql {
     }
 }
 
-fn float(row: &QueryResult, i: usize) -> Result<Option<f64>, sea_orm::DbErr> {
+pub(super) fn float(row: &QueryResult, i: usize) -> Result<Option<f64>, sea_orm::DbErr> {
     row.try_get_by_index::<Option<f64>>(i)
 }
 
-fn key(row: &QueryResult, from: usize, n: usize) -> Result<GroupKey, sea_orm::DbErr> {
+pub(super) fn key(row: &QueryResult, from: usize, n: usize) -> Result<GroupKey, sea_orm::DbErr> {
     (from..from + n)
         .map(|i| row.try_get_by_index::<Option<String>>(i))
         .collect()
 }
 
-fn bucket_of(
+pub(super) fn bucket_of(
     backend: DbBackend,
     row: &QueryResult,
 ) -> Result<Option<NaiveDateTime>, sea_orm::DbErr> {
@@ -613,6 +620,11 @@ pub async fn aggregate(
         return percentiles_in_rust(s, plan, tenant).await;
     }
     let rollup = rollup_window(plan);
+    if cells::decomposes(plan.measure)
+        && let Some(out) = cells::aggregate(s, plan, tenant, rollup).await?
+    {
+        return Ok(out);
+    }
     let mut out = Aggregates {
         from_rollups: rollup.is_some(),
         ..Default::default()
