@@ -30,7 +30,22 @@ pub struct LoadArgs {
     pub users: u32,
     #[arg(long, default_value_t = 4)]
     pub senders: usize,
+    /// How the history arrives: `time` as production traffic does (in
+    /// time order, 1 % of events up to two days late), or `random`
+    /// (every batch spread over the whole range: the worst case for the
+    /// indexes and for the heap's locality).
+    #[arg(long, value_enum, default_value_t = Order::Time)]
+    pub order: Order,
 }
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Order {
+    Time,
+    Random,
+}
+
+/// Seconds after the start of the history.
+type Span = std::ops::Range<i64>;
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     args.server.seed_demo().await?;
@@ -44,11 +59,14 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let sent = Arc::new(AtomicU64::new(0));
     let client = reqwest::Client::new();
     let started = Instant::now();
+    let end = chrono::Utc::now() - chrono::Duration::seconds(60);
+    let origin = end - chrono::Duration::days(args.days);
+    let history = (end - origin).num_seconds();
     let mut tasks = Vec::new();
     for sender in 0..args.senders {
         let (client, url, tokens, sent) =
             (client.clone(), url.clone(), tokens.clone(), sent.clone());
-        let (total, days, users) = (args.events, args.days, args.users);
+        let (total, users, order) = (args.events, args.users, args.order);
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
             let mut body = String::new();
@@ -58,8 +76,16 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 if claimed >= total {
                     return anyhow::Ok(());
                 }
-                let n = (total - claimed).min(1_000) as usize;
-                generate(&mut body, n, days, users, &mut rng);
+                let n = (total - claimed).min(1_000);
+                let span = match order {
+                    Order::Random => 0..history,
+                    Order::Time => {
+                        let at = |k: u64| (history as f64 * k as f64 / total as f64) as i64;
+                        at(claimed)..at(claimed + n).max(at(claimed) + 1)
+                    }
+                };
+                let late = matches!(order, Order::Time);
+                generate(&mut body, n as usize, origin, span, late, users, &mut rng);
                 let token = &tokens[batch_no % tokens.len()];
                 batch_no += 1;
                 let resp = client
@@ -107,17 +133,29 @@ const PATHS: [&str; 8] = [
 const PLANS: [&str; 3] = ["starter", "pro", "business"];
 const COUNTRIES: [&str; 6] = ["US", "DE", "GB", "FR", "IN", "BR"];
 
-/// A JSON array of `n` events over the last `days`: mostly page views,
-/// then email activity, sign-ups and purchases with amounts.
-fn generate(out: &mut String, n: usize, days: i64, users: u32, rng: &mut impl Rng) {
+/// A JSON array of `n` events at `span` after `origin` (with `late`, 1 %
+/// of them up to two days earlier): mostly page views, then email
+/// activity, sign-ups and purchases with amounts.
+fn generate(
+    out: &mut String,
+    n: usize,
+    origin: chrono::DateTime<chrono::Utc>,
+    span: Span,
+    late: bool,
+    users: u32,
+    rng: &mut impl Rng,
+) {
     out.clear();
     out.push('[');
-    let now = chrono::Utc::now();
     for i in 0..n {
         if i > 0 {
             out.push(',');
         }
-        let at = now - chrono::Duration::seconds(rng.random_range(60..days * 86_400));
+        let mut offset = rng.random_range(span.clone());
+        if late && rng.random_bool(0.01) {
+            offset = (offset - rng.random_range(0..2 * 86_400)).max(0);
+        }
+        let at = origin + chrono::Duration::seconds(offset);
         let ts = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let user = rng.random_range(0..users);
         let country = COUNTRIES[rng.random_range(0..COUNTRIES.len())];
