@@ -174,6 +174,38 @@ async fn every_measure_matches_the_hand_computed_answer() {
         .await;
     assert_eq!(values(&r), [json!(2.0), json!(3.0), json!(2.0)]);
     assert_eq!(r["total"], 4.0);
+    // Distinct users per type: page_view and purchase 3 each (ties go by
+    // key), signup 1; the rest's users are counted once across its types.
+    let r = f
+        .metrics(berlin_days(
+            json!({ "measure": "COUNT_DISTINCT", "field": "userId", "groupBy": ["type"], "limit": 1 }),
+        ))
+        .await;
+    let series: Vec<(Value, Value, Vec<Value>)> = r["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .map(|s| {
+            let points = s["points"].as_array().expect("points");
+            let values = points.iter().map(|p| p["value"].clone()).collect();
+            (s["group"]["type"].clone(), s["total"].clone(), values)
+        })
+        .collect();
+    assert_eq!(
+        series,
+        [
+            (
+                json!("page_view"),
+                json!(3.0),
+                vec![json!(2.0), json!(3.0), json!(0.0)]
+            ),
+            (
+                json!("__other__"),
+                json!(4.0),
+                vec![json!(1.0), json!(1.0), json!(2.0)]
+            ),
+        ]
+    );
 
     let purchases = |measure: &str| {
         berlin_days(

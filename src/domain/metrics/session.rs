@@ -3,7 +3,7 @@
 //! runs past the query's deadline.
 //!
 //! - PostgreSQL: a tenant-scoped (RLS) transaction with a local
-//!   `statement_timeout`; the server cancels the statement.
+//!   `statement_timeout`; the server cancels the statement. JIT is off.
 //! - SQLite: a pooled connection with a progress handler that interrupts
 //!   the statement once the deadline has passed, in a read transaction (one
 //!   snapshot for every statement of the query). sea-orm hides the
@@ -56,12 +56,13 @@ impl Session {
         let conn = match db.get_database_backend() {
             DbBackend::Postgres => {
                 let txn = begin_scoped(db, ctx).await?;
-                txn.execute_raw(Statement::from_string(
+                // JIT compilation costs more than it saves on these scans:
+                // measured 100-400 ms of a 300 ms-4 s statement on the
+                // bench (bench/README.md).
+                txn.execute_raw(Statement::from_sql_and_values(
                     DbBackend::Postgres,
-                    format!(
-                        "SET LOCAL statement_timeout = {}",
-                        timeout.as_millis().max(1)
-                    ),
+                    "SELECT set_config('statement_timeout', $1, true), set_config('jit', 'off', true)",
+                    [timeout.as_millis().max(1).to_string().into()],
                 ))
                 .await?;
                 Conn::Postgres(txn)
