@@ -162,10 +162,18 @@ impl Interruptible {
     async fn finish(mut self) -> Result<(), DbErr> {
         self.execute("COMMIT").await?;
         if let Some(mut conn) = self.conn.take() {
-            conn.lock_handle()
-                .await
-                .map_err(query_err)?
-                .remove_progress_handler();
+            let removed = match conn.lock_handle().await {
+                Ok(mut handle) => {
+                    handle.remove_progress_handler();
+                    Ok(())
+                }
+                Err(e) => Err(query_err(e)),
+            };
+            if removed.is_err() {
+                // Never pool a connection that may keep the handler.
+                conn.close_on_drop();
+            }
+            removed?;
         }
         Ok(())
     }
