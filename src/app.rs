@@ -16,6 +16,7 @@ use crate::auth::jwt::{self, JwtKeys};
 use crate::config::Config;
 use crate::domain::events::store::Store;
 use crate::domain::events::writer::{Writer, WriterConfig};
+use crate::domain::metrics::gate::TenantGate;
 use crate::realtime::Bus;
 use crate::telemetry::Metrics;
 use crate::{db, graphql, http, jobs};
@@ -36,6 +37,8 @@ pub struct App {
     pub event_store: Arc<Store>,
     /// The group-commit writer every ingestion path goes through.
     pub writer: Writer,
+    /// Each tenant's share of concurrent analytic queries.
+    pub analytics_gate: TenantGate,
 }
 
 impl Deref for AppState {
@@ -49,7 +52,8 @@ impl Deref for AppState {
 impl AppState {
     /// Connects to the database (and Redis) and applies migrations.
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
-        let db = db::connect(&config.database)
+        let metrics = Arc::new(Metrics::with_operation_cap(config.metrics.max_operations));
+        let db = db::connect(&config.database, metrics.db_stale_transactions.clone())
             .await
             .with_context(|| format!("cannot open database {}", redact(&config.database.url)))?;
         db::migrate(&db).await.context("cannot apply migrations")?;
@@ -66,7 +70,6 @@ impl AppState {
             .ensure_window(&db, jobs::PARTITIONS_AHEAD)
             .await
             .context("cannot create event partitions")?;
-        let metrics = Arc::new(Metrics::new());
         let writer = Writer::start(
             WriterConfig {
                 max_batch: config.ingest.max_events,
@@ -88,7 +91,12 @@ impl AppState {
             );
         }
         let keys = JwtKeys::new(&secret, &config.jwt);
+        let analytics_gate = TenantGate::new(
+            config.analytics.tenant_concurrency,
+            config.analytics.queue_wait,
+        );
         Ok(AppState(Arc::new(App {
+            analytics_gate,
             config,
             db,
             redis,

@@ -34,10 +34,16 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// The statement timeout of metric queries (`QUERY_TIMEOUT` past it).
     pub query_timeout: Duration,
+    /// What one tenant's analytic queries may ask for at once.
+    pub analytics: AnalyticsLimits,
+    /// `/metrics`: who may scrape it and how many operation names it shows.
+    pub metrics: MetricsConfig,
     /// Whether `serve` seeds the demo tenants.
     pub demo: Demo,
     /// How long shutdown waits for in-flight requests before giving up.
     pub shutdown_grace: Duration,
+    /// The longest any one HTTP request may take (408 past it).
+    pub request_timeout: Duration,
 }
 
 /// When `serve` seeds the demo data (see API.md, "startup").
@@ -104,6 +110,41 @@ pub struct Limits {
     pub max_depth: usize,
     /// Largest accepted GraphQL complexity (connections count `first` times).
     pub max_complexity: usize,
+}
+
+#[derive(Clone)]
+pub struct MetricsConfig {
+    /// `PULSE_METRICS_TOKEN`: when set, `/metrics` wants `Authorization:
+    /// Bearer <it>`.
+    pub token: Option<String>,
+    /// Distinct GraphQL operation names given a label of their own.
+    pub max_operations: usize,
+}
+
+impl std::fmt::Debug for MetricsConfig {
+    // The scrape token never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsConfig")
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("max_operations", &self.max_operations)
+            .finish()
+    }
+}
+
+/// Bounds on analytic fields (`metrics`, `formula`, `funnel`,
+/// `retention`): how wide a range, how many in one operation, and how many
+/// of one tenant's statements run at once, so one tenant cannot stall or
+/// starve the others.
+#[derive(Clone, Debug)]
+pub struct AnalyticsLimits {
+    /// Widest range a query may cover.
+    pub max_range: chrono::Duration,
+    /// Most analytic fields in one operation (aliases count).
+    pub max_fields: usize,
+    /// Most analytic queries of one tenant running at once; more wait up
+    /// to `queue_wait`, then get `RATE_LIMITED`.
+    pub tenant_concurrency: usize,
+    pub queue_wait: Duration,
 }
 
 /// The ingestion path: batch limits, the group-commit writer, and whose
@@ -217,9 +258,40 @@ impl Config {
                 10_000,
                 1..=600_000,
             )?),
+            metrics: MetricsConfig {
+                token: get("PULSE_METRICS_TOKEN"),
+                max_operations: number(
+                    &get,
+                    "PULSE_METRICS_MAX_OPERATIONS",
+                    crate::telemetry::DEFAULT_OPERATION_NAMES,
+                    0..=10_000,
+                )?,
+            },
+            analytics: AnalyticsLimits {
+                max_range: chrono::Duration::days(number(
+                    &get,
+                    "PULSE_MAX_RANGE_DAYS",
+                    3_700,
+                    1..=36_500,
+                )?),
+                max_fields: number(&get, "PULSE_MAX_ANALYTIC_FIELDS", 20, 1..=1_000)?,
+                tenant_concurrency: number(&get, "PULSE_TENANT_QUERY_CONCURRENCY", 4, 1..=1_000)?,
+                queue_wait: Duration::from_millis(number(
+                    &get,
+                    "PULSE_TENANT_QUERY_WAIT_MS",
+                    2_000,
+                    0..=60_000,
+                )?),
+            },
             demo,
             // API.md promises exit within 10 s; leave room to close the pool.
             shutdown_grace: Duration::from_secs(8),
+            request_timeout: Duration::from_millis(number(
+                &get,
+                "PULSE_REQUEST_TIMEOUT_MS",
+                30_000,
+                100..=3_600_000,
+            )?),
         })
     }
 }

@@ -36,6 +36,12 @@ pub enum AppError {
     QuotaExceeded(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Over a rate or concurrency limit; retry after the given time.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// A query ran past its statement timeout and was cancelled.
     #[error("{0}")]
     QueryTimeout(String),
@@ -78,6 +84,7 @@ impl AppError {
             AppError::NotFound(_) => "NOT_FOUND",
             AppError::QuotaExceeded(_) => "QUOTA_EXCEEDED",
             AppError::Unavailable(_) => "UNAVAILABLE",
+            AppError::RateLimited { .. } => "RATE_LIMITED",
             AppError::QueryTimeout(_) => "QUERY_TIMEOUT",
             AppError::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
@@ -134,6 +141,9 @@ impl ErrorExtensions for AppError {
                 && let Ok(value) = async_graphql::to_value(problems)
             {
                 ext.set("problems", value);
+            }
+            if let AppError::RateLimited { retry_after, .. } = self {
+                ext.set("retryAfter", retry_after.as_secs_f64().ceil() as u64);
             }
             if let (AppError::Internal(_), Some(id)) = (self, &request_id) {
                 ext.set("requestId", id.as_str());

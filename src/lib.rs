@@ -11,6 +11,7 @@
 //! - [`auth`]: roles, JWTs, passwords and the verified `TenantCtx`.
 //! - [`entities`]: sea-orm entities, one per table; [`db`]: connections,
 //!   migrations and tenant-scoped transactions.
+//! - [`duration`]: the one duration syntax (`30s`, `5m`, `30d`, `8w`).
 //! - [`error`]: the one error type and its `extensions.code`s;
 //!   [`telemetry`]: logs and Prometheus metrics.
 
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod duration;
 pub mod entities;
 pub mod error;
 pub mod graphql;

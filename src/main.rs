@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use clap::{Parser, Subcommand};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ActiveEnum, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 
 use pulse::app::{AppState, Application, shutdown_signal};
-use pulse::auth::Role;
 use pulse::auth::jwt::{self, JwtKeys};
+use pulse::auth::{RequestMeta, Role, SERVICE_PREFIX};
 use pulse::config::{Config, Demo};
 use pulse::domain::demo::{self, SeedReport};
+use pulse::domain::{tenants, users};
 use pulse::entities::{tenant, user};
 use pulse::{db, graphql, telemetry};
 
@@ -49,18 +50,67 @@ enum Command {
         /// SUPER_ADMIN, ADMIN, EDITOR or VIEWER.
         #[arg(long)]
         role: Role,
-        /// The user's email; default: an active user of the tenant with
-        /// that role (or any active user when none has it).
+        /// The user's email (the token then grants at most that user's
+        /// current role); without it, a service token for the tenant,
+        /// audited as `service:cli`.
         #[arg(long)]
         user: Option<String>,
         /// Lifetime, e.g. 30m, 1h, 7d.
-        #[arg(long, default_value = "1h", value_parser = jwt::parse_ttl)]
+        #[arg(long, default_value = "1h", value_parser = pulse::duration::parse)]
         ttl: Duration,
     },
     /// Print the GraphQL schema (SDL).
     Schema,
     /// Create the demo tenants and their data; safe to repeat.
     SeedDemo,
+    /// Manage tenants (bootstrap a production database).
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Manage users (bootstrap a production database).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant; an existing slug is left as it is. Prints the
+    /// tenant as one JSON line.
+    Create {
+        #[arg(long)]
+        slug: String,
+        #[arg(long)]
+        name: String,
+        /// Plan name (default `trial`).
+        #[arg(long)]
+        plan: Option<String>,
+        /// Most users the tenant may have (default 10).
+        #[arg(long)]
+        max_users: Option<i32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user in a tenant; an existing email is left as it is.
+    /// Prints the user as one JSON line.
+    Create {
+        /// Tenant slug.
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        email: String,
+        /// SUPER_ADMIN, ADMIN, EDITOR or VIEWER.
+        #[arg(long)]
+        role: Role,
+        /// Read the password from the first line of standard input
+        /// (without it the user is invited, with no password to log in).
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -122,17 +172,94 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_accounts(&report);
             Ok(())
         }
+        Command::Tenant {
+            command:
+                TenantCommand::Create {
+                    slug,
+                    name,
+                    plan,
+                    max_users,
+                },
+        } => {
+            let db = connect(&config).await?;
+            db::migrate(&db).await.context("cannot apply migrations")?;
+            let input = tenants::NewTenant {
+                slug,
+                name,
+                domain: None,
+                plan,
+                max_users,
+                status: None,
+                settings: None,
+                features: None,
+            };
+            let (tenant, created) = tenants::bootstrap(&db, &cli_meta(), input).await?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "id": tenant.id, "slug": tenant.slug, "name": tenant.name, "created": created,
+                })
+            );
+            Ok(())
+        }
+        Command::User {
+            command:
+                UserCommand::Create {
+                    tenant,
+                    email,
+                    role,
+                    password_stdin,
+                },
+        } => {
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("cannot read the password from standard input")?;
+                Some(line.trim_end_matches(['\r', '\n']).to_owned())
+            } else {
+                None
+            };
+            let db = connect(&config).await?;
+            db::migrate(&db).await.context("cannot apply migrations")?;
+            let input = users::NewUser {
+                email,
+                password,
+                role,
+                display_name: None,
+            };
+            let (user, created) = users::bootstrap(&db, &cli_meta(), &tenant, input).await?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "id": user.id, "email": user.email, "role": user.role.as_str(),
+                    "status": user.status.to_value(), "created": created,
+                })
+            );
+            Ok(())
+        }
         Command::Schema => Ok(()),
     }
 }
 
+/// What the audit trail records of a command-line change.
+fn cli_meta() -> RequestMeta {
+    RequestMeta {
+        request_id: None,
+        ip: None,
+        user_agent: Some(format!("pulse-cli/{}", env!("CARGO_PKG_VERSION"))),
+    }
+}
+
 async fn connect(config: &Config) -> anyhow::Result<DatabaseConnection> {
-    db::connect(&config.database).await.with_context(|| {
-        format!(
-            "cannot open database {}",
-            pulse::app::redact(&config.database.url)
-        )
-    })
+    db::connect(&config.database, Default::default())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open database {}",
+                pulse::app::redact(&config.database.url)
+            )
+        })
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -255,17 +382,23 @@ async fn token(
     let subject = match user {
         // Scripts that know the user need no database.
         Some(email) => email.trim().to_lowercase(),
+        // Without a user, a service token: it acts for the tenant and is
+        // audited as `service:cli`, never as some user who did not ask.
         None => {
             let db = connect(config).await?;
             db::migrate(&db).await.context("cannot apply migrations")?;
             if config.demo == Demo::IfEmpty && demo::is_empty(&db).await? {
                 demo::seed(&db).await.context("cannot seed the demo data")?;
             }
-            first_user(&db, slug, role)
+            let exists = tenant::Entity::find()
+                .filter(tenant::Column::Slug.eq(slug.trim().to_lowercase()))
+                .one(&db)
                 .await?
-                .ok_or_else(|| anyhow!("tenant `{slug}` does not exist or has no active user"))?
-                .id
-                .to_string()
+                .is_some();
+            if !exists {
+                return Err(anyhow!("tenant `{slug}` does not exist"));
+            }
+            format!("{SERVICE_PREFIX}cli")
         }
     };
     let token = keys.mint(&subject, slug, role, ttl)?;

@@ -65,6 +65,11 @@ pub struct Metrics {
     pub graphql_errors: Family<CodeLabels, Counter>,
     pub db_pool: Family<PoolLabels, Gauge>,
     pub db_pool_max: Gauge,
+    pub db_stale_transactions: Counter,
+    /// Panics caught while serving a request.
+    pub panics: Counter,
+    /// The label values `graphql_requests` may use.
+    pub operation_names: OperationNames,
     pub events_accepted: Counter,
     pub events_duplicate: Counter,
     pub events_rejected: Counter,
@@ -75,6 +80,9 @@ pub struct Metrics {
     pub metric_query_seconds: Family<SourceLabels, Histogram, fn() -> Histogram>,
 }
 
+/// Distinct operation names labelled by default (`PULSE_METRICS_MAX_OPERATIONS`).
+pub const DEFAULT_OPERATION_NAMES: usize = 200;
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms to ~16 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -82,6 +90,10 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_operation_cap(DEFAULT_OPERATION_NAMES)
+    }
+
+    pub fn with_operation_cap(cap: usize) -> Self {
         let mut registry = Registry::with_prefix("pulse");
         let graphql_requests = Family::<OperationLabels, Counter>::default();
         let graphql_duration =
@@ -91,6 +103,18 @@ impl Metrics {
         let graphql_errors = Family::<CodeLabels, Counter>::default();
         let db_pool = Family::<PoolLabels, Gauge>::default();
         let db_pool_max = Gauge::default();
+        let db_stale_transactions = Counter::default();
+        let panics = Counter::default();
+        registry.register(
+            "panics",
+            "Panics caught while serving a request (answered as INTERNAL_SERVER_ERROR)",
+            panics.clone(),
+        );
+        registry.register(
+            "db_stale_transactions",
+            "Pooled connections that came back inside a transaction (healed or closed)",
+            db_stale_transactions.clone(),
+        );
         registry.register(
             "graphql_requests",
             "GraphQL requests by operation name and outcome",
@@ -179,6 +203,9 @@ impl Metrics {
             graphql_errors,
             db_pool,
             db_pool_max,
+            db_stale_transactions,
+            panics,
+            operation_names: OperationNames::new(cap),
         }
     }
 
@@ -205,18 +232,64 @@ impl Default for Metrics {
     }
 }
 
-/// Operation names come from clients; keep label values short and tame so a
-/// client cannot blow up the metric's cardinality with arbitrary strings.
-pub fn operation_label(name: Option<&str>) -> String {
-    match name {
-        Some(n)
-            if !n.is_empty()
-                && n.len() <= 64
-                && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
-        {
-            n.to_owned()
+/// Operation names come from clients, so as label values they are tamed:
+/// only authenticated requests name theirs (anyone else is
+/// `unauthenticated`), each must be short and plain (`invalid` otherwise),
+/// and only the first `cap` distinct names get a series of their own (the
+/// rest are `other`), so neither memory nor `/metrics` grows with what
+/// clients send.
+pub struct OperationNames {
+    cap: usize,
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl OperationNames {
+    pub fn new(cap: usize) -> Self {
+        OperationNames {
+            cap,
+            seen: Default::default(),
         }
-        Some(_) => "invalid".to_owned(),
-        None => "anonymous".to_owned(),
+    }
+
+    pub fn label(&self, name: Option<&str>, authenticated: bool) -> String {
+        if !authenticated {
+            return "unauthenticated".to_owned();
+        }
+        let Some(name) = name else {
+            return "anonymous".to_owned();
+        };
+        let plain = !name.is_empty()
+            && name.len() <= 64
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !plain {
+            return "invalid".to_owned();
+        }
+        // A poisoned set is still a valid set.
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(name) {
+            return name.to_owned();
+        }
+        if seen.len() < self.cap {
+            seen.insert(name.to_owned());
+            return name.to_owned();
+        }
+        "other".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_names_are_capped_and_only_for_the_authenticated() {
+        let names = OperationNames::new(2);
+        assert_eq!(names.label(Some("A"), false), "unauthenticated");
+        assert_eq!(names.label(Some("A"), true), "A");
+        assert_eq!(names.label(Some("B"), true), "B");
+        assert_eq!(names.label(Some("C"), true), "other");
+        assert_eq!(names.label(Some("A"), true), "A");
+        assert_eq!(names.label(Some("a-b"), true), "invalid");
+        assert_eq!(names.label(None, true), "anonymous");
     }
 }

@@ -301,7 +301,7 @@ async fn metrics_count_requests_by_operation_outcome_and_error_code() {
         .expect("text");
     for line in [
         "pulse_graphql_requests_total{operation=\"DashboardMe\",outcome=\"ok\"} 1",
-        "pulse_graphql_requests_total{operation=\"DashboardMe\",outcome=\"error\"} 1",
+        "pulse_graphql_requests_total{operation=\"unauthenticated\",outcome=\"error\"} 1",
         "pulse_graphql_errors_total{code=\"UNAUTHENTICATED\"} 1",
         "pulse_graphql_request_duration_seconds_count{operation=\"DashboardMe\",outcome=\"ok\"} 1",
         "pulse_db_pool_max_connections 5",

@@ -819,8 +819,8 @@ async fn the_database_itself_stops_a_statement_past_the_deadline() {
     let ctx = pulse::auth::TenantCtx {
         tenant_id: tenant.id,
         tenant_slug: tenant.slug.clone(),
-        user_id: admin.id,
-        user_email: admin.email.clone(),
+        user_id: Some(admin.id),
+        actor: admin.email.clone(),
         role: Role::Viewer,
     };
     let db = &app.state.db;

@@ -117,26 +117,29 @@ async fn request_paths_run_as_the_tenant_scoped_role() {
     let ctx = pulse::auth::TenantCtx {
         tenant_id: acme.id,
         tenant_slug: acme.slug.clone(),
-        user_id: acme.user(pulse::auth::Role::Admin).id,
-        user_email: acme.user(pulse::auth::Role::Admin).email.clone(),
+        user_id: Some(acme.user(pulse::auth::Role::Admin).id),
+        actor: acme.user(pulse::auth::Role::Admin).email.clone(),
         role: pulse::auth::Role::Admin,
     };
-    let txn = pulse::db::begin_scoped(&app.state.db, &ctx)
+    let (user, tenant, tenants): (String, String, i64) =
+        pulse::db::scoped(&app.state.db, &ctx, |txn| {
+            Box::pin(async move {
+                let row = txn
+                    .query_one_raw(Statement::from_string(
+                        DbBackend::Postgres,
+                        "SELECT current_user::text, current_setting('pulse.tenant_id'), (SELECT count(DISTINCT tenant_id) FROM users)",
+                    ))
+                    .await?
+                    .expect("row");
+                Ok((
+                    row.try_get_by_index(0)?,
+                    row.try_get_by_index(1)?,
+                    row.try_get_by_index(2)?,
+                ))
+            })
+        })
         .await
-        .expect("begin");
-    let row = txn
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT current_user::text, current_setting('pulse.tenant_id'), (SELECT count(DISTINCT tenant_id) FROM users)",
-        ))
-        .await
-        .expect("query")
-        .expect("row");
-    let (user, tenant, tenants): (String, String, i64) = (
-        row.try_get_by_index(0).expect("user"),
-        row.try_get_by_index(1).expect("tenant"),
-        row.try_get_by_index(2).expect("count"),
-    );
+        .expect("scoped query");
     assert_eq!(user, "pulse_app");
     assert_eq!(tenant, acme.id.to_string());
     assert_eq!(tenants, 1);

@@ -167,29 +167,6 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
 }
 
-/// Parses a duration such as `30s`, `15m`, `1h`, `7d`.
-pub fn parse_ttl(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    let split = raw
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{raw}` lacks a unit (s, m, h or d)"))?;
-    let (digits, unit) = raw.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{raw}` is not a duration like 30s, 15m, 1h or 7d"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("`{raw}`: unknown unit `{unit}` (s, m, h or d)")),
-    };
-    if secs == 0 {
-        return Err("a token must live longer than 0s".into());
-    }
-    Ok(Duration::from_secs(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,15 +205,6 @@ mod tests {
             ..config()
         };
         assert!(JwtKeys::new(b"one", &strict).verify(&token).is_err());
-    }
-
-    #[test]
-    fn ttls_parse_with_units() {
-        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_ttl("30s"), Ok(Duration::from_secs(30)));
-        assert!(parse_ttl("10").is_err());
-        assert!(parse_ttl("0s").is_err());
-        assert!(parse_ttl("5y").is_err());
     }
 
     #[test]

@@ -75,11 +75,19 @@ impl std::str::FromStr for Role {
 pub struct TenantCtx {
     pub tenant_id: Uuid,
     pub tenant_slug: String,
-    pub user_id: Uuid,
-    pub user_email: String,
-    /// The role granted by the token.
+    /// The signed-in user; `None` for a service token (`sub: "service:<name>"`).
+    pub user_id: Option<Uuid>,
+    /// Who acts, as the audit trail names them: the user's email, or
+    /// `service:<name>`.
+    pub actor: String,
+    /// The role in force: the token's, but never more than the user's
+    /// current role.
     pub role: Role,
 }
+
+/// The `sub` prefix of service tokens: tokens that act for a tenant
+/// without a user (scripts, `pulse token` without `--user`).
+pub const SERVICE_PREFIX: &str = "service:";
 
 /// Facts about the HTTP request that the audit trail records.
 #[derive(Clone, Debug, Default)]

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::page::{Page, PageRequest};
 use crate::auth::{RequestMeta, TenantCtx};
-use crate::db::begin_scoped;
+use crate::db::scoped;
 use crate::entities::audit_log;
 use crate::error::AppResult;
 
@@ -35,8 +35,8 @@ pub struct Actor {
 impl Actor {
     pub fn of(ctx: &TenantCtx) -> Self {
         Actor {
-            user_id: Some(ctx.user_id),
-            name: ctx.user_email.clone(),
+            user_id: ctx.user_id,
+            name: ctx.actor.clone(),
         }
     }
 
@@ -101,27 +101,31 @@ pub async fn list(
     page: PageRequest,
     filter: AuditFilter,
 ) -> AppResult<Page<audit_log::Model>> {
-    let txn = begin_scoped(db, ctx).await?;
-    let mut query = audit_log::Entity::find()
-        .filter(audit_log::Column::TenantId.eq(ctx.tenant_id))
-        .order_by_desc(audit_log::Column::Id)
-        .limit(page.first + 1);
-    if let Some(after) = page.after {
-        query = query.filter(audit_log::Column::Id.lt(after));
-    }
-    if let Some(action) = filter.action {
-        query = query.filter(audit_log::Column::Action.eq(action));
-    }
-    if let Some(rt) = filter.resource_type {
-        query = query.filter(audit_log::Column::ResourceType.eq(rt));
-    }
-    if let Some(rid) = filter.resource_id {
-        query = query.filter(audit_log::Column::ResourceId.eq(rid));
-    }
-    if let Some(actor) = filter.actor_user_id {
-        query = query.filter(audit_log::Column::ActorUserId.eq(actor));
-    }
-    let rows = query.all(&txn).await?;
-    txn.commit().await?;
+    let tenant_id = ctx.tenant_id;
+    let rows = scoped(db, ctx, move |txn| {
+        Box::pin(async move {
+            let mut query = audit_log::Entity::find()
+                .filter(audit_log::Column::TenantId.eq(tenant_id))
+                .order_by_desc(audit_log::Column::Id)
+                .limit(page.first + 1);
+            if let Some(after) = page.after {
+                query = query.filter(audit_log::Column::Id.lt(after));
+            }
+            if let Some(action) = filter.action {
+                query = query.filter(audit_log::Column::Action.eq(action));
+            }
+            if let Some(rt) = filter.resource_type {
+                query = query.filter(audit_log::Column::ResourceType.eq(rt));
+            }
+            if let Some(rid) = filter.resource_id {
+                query = query.filter(audit_log::Column::ResourceId.eq(rid));
+            }
+            if let Some(actor) = filter.actor_user_id {
+                query = query.filter(audit_log::Column::ActorUserId.eq(actor));
+            }
+            Ok(query.all(txn).await?)
+        })
+    })
+    .await?;
     Ok(Page::from_overfetch(rows, page.first))
 }

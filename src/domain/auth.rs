@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    TransactionTrait,
 };
 use uuid::Uuid;
 
 use super::audit::{self, Actor, Change};
 use crate::auth::jwt::{JwtKeys, TokenError};
-use crate::auth::{RequestMeta, TenantCtx, password};
+use crate::auth::{RequestMeta, SERVICE_PREFIX, TenantCtx, password};
+use crate::db;
 use crate::entities::tenant;
 use crate::entities::user::{self, UserStatus};
 use crate::error::{AppError, AppResult};
@@ -39,6 +39,22 @@ pub async fn authenticate(
     if !tenant.status.is_usable() {
         return Err(AppError::TenantSuspended);
     }
+    if let Some(name) = claims.sub.strip_prefix(SERVICE_PREFIX) {
+        let valid = (1..=64).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            return Err(AppError::Unauthenticated("invalid service name".into()));
+        }
+        return Ok(TenantCtx {
+            tenant_id: tenant.id,
+            tenant_slug: tenant.slug,
+            user_id: None,
+            actor: claims.sub.clone(),
+            role: claims.role,
+        });
+    }
     let by_subject = match Uuid::parse_str(&claims.sub) {
         Ok(id) => user::Column::Id.eq(id),
         Err(_) => user::Column::Email.eq(claims.sub.trim().to_lowercase()),
@@ -55,9 +71,10 @@ pub async fn authenticate(
     Ok(TenantCtx {
         tenant_id: tenant.id,
         tenant_slug: tenant.slug,
-        user_id: user.id,
-        user_email: user.email,
-        role: claims.role,
+        user_id: Some(user.id),
+        actor: user.email,
+        // A token outlives a demotion; the user's current role bounds it.
+        role: claims.role.min(user.role),
     })
 }
 
@@ -105,29 +122,34 @@ pub async fn login(
     }
 
     let now = chrono::Utc::now();
-    let txn = db.begin().await?;
-    // `user` was read with its tenant in the filter.
-    let mut stamp: user::ActiveModel = user.into();
-    stamp.last_login_at = Set(Some(now));
-    let updated = stamp.update(&txn).await?;
-    audit::record(
-        &txn,
-        tenant.id,
-        &Actor {
-            user_id: Some(updated.id),
-            name: updated.email.clone(),
-        },
-        meta,
-        Change {
-            action: "user.login",
-            resource_type: "user",
-            resource_id: Some(updated.id.to_string()),
-            before: None,
-            after: None,
-        },
-    )
+    let (tenant_id, meta) = (tenant.id, meta.clone());
+    let updated = db::transaction(db, move |txn| {
+        Box::pin(async move {
+            // `user` was read with its tenant in the filter.
+            let mut stamp: user::ActiveModel = user.into();
+            stamp.last_login_at = Set(Some(now));
+            let updated = stamp.update(txn).await?;
+            audit::record(
+                txn,
+                tenant_id,
+                &Actor {
+                    user_id: Some(updated.id),
+                    name: updated.email.clone(),
+                },
+                &meta,
+                Change {
+                    action: "user.login",
+                    resource_type: "user",
+                    resource_id: Some(updated.id.to_string()),
+                    before: None,
+                    after: None,
+                },
+            )
+            .await?;
+            Ok(updated)
+        })
+    })
     .await?;
-    txn.commit().await?;
 
     let token = keys
         .mint(

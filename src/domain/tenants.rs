@@ -7,13 +7,14 @@
 
 use sea_orm::{
     ActiveEnum, ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, TransactionTrait,
+    IntoActiveModel, QueryFilter, QueryOrder,
 };
 use serde_json::json;
 use uuid::Uuid;
 
 use super::audit::{self, Actor, Change};
 use crate::auth::{RequestMeta, Role, TenantCtx};
+use crate::db;
 use crate::entities::tenant::{self, TenantStatus};
 use crate::error::{AppError, AppResult};
 
@@ -69,24 +70,85 @@ pub async fn create(
     input: NewTenant,
 ) -> AppResult<tenant::Model> {
     require_super_admin(ctx)?;
-    let txn = db.begin().await?;
-    let created = insert(&txn, input).await?;
-    audit::record(
-        &txn,
-        ctx.tenant_id,
-        &Actor::of(ctx),
-        meta,
-        Change {
-            action: "tenant.create",
-            resource_type: "tenant",
-            resource_id: Some(created.id.to_string()),
-            before: None,
-            after: Some(audit_image(&created)),
+    let (caller, meta) = (ctx.clone(), meta.clone());
+    db::transaction(db, move |txn| {
+        Box::pin(async move {
+            let created = insert(txn, input).await?;
+            audit::record(
+                txn,
+                caller.tenant_id,
+                &Actor::of(&caller),
+                &meta,
+                Change {
+                    action: "tenant.create",
+                    resource_type: "tenant",
+                    resource_id: Some(created.id.to_string()),
+                    before: None,
+                    after: Some(audit_image(&created)),
+                },
+            )
+            .await?;
+            Ok(created)
+        })
+    })
+    .await
+}
+
+/// Creates a tenant from the command line (`pulse tenant create`): how a
+/// production database gets its first tenant, before any token can exist.
+/// The same rules as `createTenant`, audited in the new tenant as
+/// `service:cli`. Idempotent: an existing slug is returned unchanged, with
+/// `false`.
+pub async fn bootstrap(
+    db: &DatabaseConnection,
+    meta: &RequestMeta,
+    input: NewTenant,
+) -> AppResult<(tenant::Model, bool)> {
+    let slug = validate_slug(&input.slug)?;
+    if let Some(existing) = by_slug(db, &slug).await? {
+        return Ok((existing, false));
+    }
+    let meta = meta.clone();
+    let created = db::transaction(db, move |txn| {
+        Box::pin(async move {
+            let created = insert(txn, input).await?;
+            audit::record(
+                txn,
+                created.id,
+                &Actor {
+                    user_id: None,
+                    name: format!("{}cli", crate::auth::SERVICE_PREFIX),
+                },
+                &meta,
+                Change {
+                    action: "tenant.create",
+                    resource_type: "tenant",
+                    resource_id: Some(created.id.to_string()),
+                    before: None,
+                    after: Some(audit_image(&created)),
+                },
+            )
+            .await?;
+            Ok(created)
+        })
+    })
+    .await;
+    match created {
+        Ok(created) => Ok((created, true)),
+        // Another run created it in the meantime: still idempotent.
+        Err(e) => match by_slug(db, &slug).await? {
+            Some(existing) => Ok((existing, false)),
+            None => Err(e),
         },
-    )
-    .await?;
-    txn.commit().await?;
-    Ok(created)
+    }
+}
+
+/// A tenant by slug, on the connection's own role (a system path).
+pub async fn by_slug(db: &DatabaseConnection, slug: &str) -> AppResult<Option<tenant::Model>> {
+    Ok(tenant::Entity::find()
+        .filter(tenant::Column::Slug.eq(slug.trim().to_lowercase()))
+        .one(db)
+        .await?)
 }
 
 /// Validates and inserts a tenant on `conn`; shared with the demo seed.
@@ -169,40 +231,44 @@ pub async fn set_status(
     status: TenantStatus,
 ) -> AppResult<tenant::Model> {
     require_super_admin(ctx)?;
-    let txn = db.begin().await?;
-    let current = tenant::Entity::find()
-        .filter(tenant::Column::Slug.eq(slug.trim().to_lowercase()))
-        .one(&txn)
-        .await?
-        .ok_or_else(|| AppError::bad_input("slug", "no tenant with this slug"))?;
-    let before = audit_image(&current);
-    let mut active = current.into_active_model();
-    active.status = Set(status);
-    active.updated_at = Set(chrono::Utc::now());
-    let updated = active.update(&txn).await?;
-    let after = audit_image(&updated);
-    let mut tenants = vec![ctx.tenant_id];
-    if updated.id != ctx.tenant_id {
-        tenants.push(updated.id);
-    }
-    for tenant_id in tenants {
-        audit::record(
-            &txn,
-            tenant_id,
-            &Actor::of(ctx),
-            meta,
-            Change {
-                action: "tenant.set_status",
-                resource_type: "tenant",
-                resource_id: Some(updated.id.to_string()),
-                before: Some(before.clone()),
-                after: Some(after.clone()),
-            },
-        )
-        .await?;
-    }
-    txn.commit().await?;
-    Ok(updated)
+    let (caller, meta, slug) = (ctx.clone(), meta.clone(), slug.to_owned());
+    db::transaction(db, move |txn| {
+        Box::pin(async move {
+            let current = tenant::Entity::find()
+                .filter(tenant::Column::Slug.eq(slug.trim().to_lowercase()))
+                .one(txn)
+                .await?
+                .ok_or_else(|| AppError::bad_input("slug", "no tenant with this slug"))?;
+            let before = audit_image(&current);
+            let mut active = current.into_active_model();
+            active.status = Set(status);
+            active.updated_at = Set(chrono::Utc::now());
+            let updated = active.update(txn).await?;
+            let after = audit_image(&updated);
+            let mut tenants = vec![caller.tenant_id];
+            if updated.id != caller.tenant_id {
+                tenants.push(updated.id);
+            }
+            for tenant_id in tenants {
+                audit::record(
+                    txn,
+                    tenant_id,
+                    &Actor::of(&caller),
+                    &meta,
+                    Change {
+                        action: "tenant.set_status",
+                        resource_type: "tenant",
+                        resource_id: Some(updated.id.to_string()),
+                        before: Some(before.clone()),
+                        after: Some(after.clone()),
+                    },
+                )
+                .await?;
+            }
+            Ok(updated)
+        })
+    })
+    .await
 }
 
 /// The settings a tenant's admins control, stored in `tenants.settings`
@@ -281,42 +347,46 @@ pub async fn update_settings(
             format!("must be between 1 and {MAX_RETENTION_DAYS}"),
         ));
     }
-    let txn = db.begin().await?;
-    let current = tenant::Entity::find_by_id(ctx.tenant_id)
-        .one(&txn)
-        .await?
-        .ok_or(AppError::NotFound("tenant"))?;
-    let before = current.settings.clone();
-    let mut settings = match &current.settings {
-        serde_json::Value::Object(map) => map.clone(),
-        _ => serde_json::Map::new(),
-    };
-    if let Some(days) = change.retention_days {
-        settings.insert("retention_days".into(), json!(days));
-    }
-    if let Some(truncate) = change.truncate_ip {
-        settings.insert("truncate_ip".into(), json!(truncate));
-    }
-    let mut active = current.into_active_model();
-    active.settings = Set(serde_json::Value::Object(settings));
-    active.updated_at = Set(chrono::Utc::now());
-    let updated = active.update(&txn).await?;
-    audit::record(
-        &txn,
-        ctx.tenant_id,
-        &Actor::of(ctx),
-        meta,
-        Change {
-            action: "tenant.update_settings",
-            resource_type: "tenant",
-            resource_id: Some(updated.id.to_string()),
-            before: Some(before),
-            after: Some(updated.settings.clone()),
-        },
-    )
-    .await?;
-    txn.commit().await?;
-    Ok(updated)
+    let (caller, meta) = (ctx.clone(), meta.clone());
+    db::transaction(db, move |txn| {
+        Box::pin(async move {
+            let current = tenant::Entity::find_by_id(caller.tenant_id)
+                .one(txn)
+                .await?
+                .ok_or(AppError::NotFound("tenant"))?;
+            let before = current.settings.clone();
+            let mut settings = match &current.settings {
+                serde_json::Value::Object(map) => map.clone(),
+                _ => serde_json::Map::new(),
+            };
+            if let Some(days) = change.retention_days {
+                settings.insert("retention_days".into(), json!(days));
+            }
+            if let Some(truncate) = change.truncate_ip {
+                settings.insert("truncate_ip".into(), json!(truncate));
+            }
+            let mut active = current.into_active_model();
+            active.settings = Set(serde_json::Value::Object(settings));
+            active.updated_at = Set(chrono::Utc::now());
+            let updated = active.update(txn).await?;
+            audit::record(
+                txn,
+                caller.tenant_id,
+                &Actor::of(&caller),
+                &meta,
+                Change {
+                    action: "tenant.update_settings",
+                    resource_type: "tenant",
+                    resource_id: Some(updated.id.to_string()),
+                    before: Some(before),
+                    after: Some(updated.settings.clone()),
+                },
+            )
+            .await?;
+            Ok(updated)
+        })
+    })
+    .await
 }
 
 /// Slugs name tenants in tokens, URLs and keys: 2 to 63 characters of

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::audit::{self, Actor, Change};
 use super::page::{Page, PageRequest};
 use crate::auth::{RequestMeta, Role, TenantCtx, password};
-use crate::db::begin_scoped;
+use crate::db::scoped;
 use crate::entities::tenant;
 use crate::entities::user::{self, UserStatus};
 use crate::error::{AppError, AppResult};
@@ -43,16 +43,20 @@ pub async fn list(
     ctx: &TenantCtx,
     page: PageRequest,
 ) -> AppResult<Page<user::Model>> {
-    let txn = begin_scoped(db, ctx).await?;
-    let mut query = user::Entity::find()
-        .filter(user::Column::TenantId.eq(ctx.tenant_id))
-        .order_by_asc(user::Column::Id)
-        .limit(page.first + 1);
-    if let Some(after) = page.after {
-        query = query.filter(user::Column::Id.gt(after));
-    }
-    let rows = query.all(&txn).await?;
-    txn.commit().await?;
+    let tenant_id = ctx.tenant_id;
+    let rows = scoped(db, ctx, move |txn| {
+        Box::pin(async move {
+            let mut query = user::Entity::find()
+                .filter(user::Column::TenantId.eq(tenant_id))
+                .order_by_asc(user::Column::Id)
+                .limit(page.first + 1);
+            if let Some(after) = page.after {
+                query = query.filter(user::Column::Id.gt(after));
+            }
+            Ok(query.all(txn).await?)
+        })
+    })
+    .await?;
     Ok(Page::from_overfetch(rows, page.first))
 }
 
@@ -62,13 +66,16 @@ pub async fn find(
     ctx: &TenantCtx,
     id: Uuid,
 ) -> AppResult<Option<user::Model>> {
-    let txn = begin_scoped(db, ctx).await?;
-    let found = user::Entity::find_by_id(id)
-        .filter(user::Column::TenantId.eq(ctx.tenant_id))
-        .one(&txn)
-        .await?;
-    txn.commit().await?;
-    Ok(found)
+    let tenant_id = ctx.tenant_id;
+    scoped(db, ctx, move |txn| {
+        Box::pin(async move {
+            Ok(user::Entity::find_by_id(id)
+                .filter(user::Column::TenantId.eq(tenant_id))
+                .one(txn)
+                .await?)
+        })
+    })
+    .await
 }
 
 pub async fn create(
@@ -106,69 +113,105 @@ pub async fn create(
         None => None,
     };
 
-    let txn = begin_scoped(db, ctx).await?;
-    let tenant = tenant::Entity::find_by_id(ctx.tenant_id)
-        .one(&txn)
-        .await?
-        .ok_or(AppError::NotFound("tenant"))?;
-    let existing = user::Entity::find()
-        .filter(user::Column::TenantId.eq(ctx.tenant_id))
-        .count(&txn)
-        .await?;
-    if existing >= tenant.max_users.max(0) as u64 {
-        return Err(AppError::QuotaExceeded(format!(
-            "tenant has reached its limit of {} users",
-            tenant.max_users
-        )));
-    }
-    let taken = user::Entity::find()
-        .filter(user::Column::TenantId.eq(ctx.tenant_id))
-        .filter(user::Column::Email.eq(&email))
-        .one(&txn)
-        .await?
-        .is_some();
-    if taken {
-        return Err(AppError::bad_input(
-            "email",
-            "a user with this email already exists in this tenant",
-        ));
-    }
-    let now = chrono::Utc::now();
-    let status = if password_hash.is_some() {
-        UserStatus::Active
-    } else {
-        UserStatus::Invited
-    };
-    let created = user::Entity::insert(user::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        tenant_id: Set(ctx.tenant_id),
-        email: Set(email),
-        display_name: Set(display_name),
-        password_hash: Set(password_hash),
-        role: Set(input.role),
-        status: Set(status),
-        last_login_at: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
+    let (caller, meta) = (ctx.clone(), meta.clone());
+    scoped(db, ctx, move |txn| {
+        Box::pin(async move {
+            let tenant = tenant::Entity::find_by_id(caller.tenant_id)
+                .one(txn)
+                .await?
+                .ok_or(AppError::NotFound("tenant"))?;
+            let existing = user::Entity::find()
+                .filter(user::Column::TenantId.eq(caller.tenant_id))
+                .count(txn)
+                .await?;
+            if existing >= tenant.max_users.max(0) as u64 {
+                return Err(AppError::QuotaExceeded(format!(
+                    "tenant has reached its limit of {} users",
+                    tenant.max_users
+                )));
+            }
+            let taken = user::Entity::find()
+                .filter(user::Column::TenantId.eq(caller.tenant_id))
+                .filter(user::Column::Email.eq(&email))
+                .one(txn)
+                .await?
+                .is_some();
+            if taken {
+                return Err(AppError::bad_input(
+                    "email",
+                    "a user with this email already exists in this tenant",
+                ));
+            }
+            let now = chrono::Utc::now();
+            let status = if password_hash.is_some() {
+                UserStatus::Active
+            } else {
+                UserStatus::Invited
+            };
+            let created = user::Entity::insert(user::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                tenant_id: Set(caller.tenant_id),
+                email: Set(email),
+                display_name: Set(display_name),
+                password_hash: Set(password_hash),
+                role: Set(input.role),
+                status: Set(status),
+                last_login_at: Set(None),
+                created_at: Set(now),
+                updated_at: Set(now),
+            })
+            .exec_with_returning(txn)
+            .await?;
+            audit::record(
+                txn,
+                caller.tenant_id,
+                &Actor::of(&caller),
+                &meta,
+                Change {
+                    action: "user.create",
+                    resource_type: "user",
+                    resource_id: Some(created.id.to_string()),
+                    before: None,
+                    after: Some(audit_image(&created)),
+                },
+            )
+            .await?;
+            Ok(created)
+        })
     })
-    .exec_with_returning(&txn)
-    .await?;
-    audit::record(
-        &txn,
-        ctx.tenant_id,
-        &Actor::of(ctx),
-        meta,
-        Change {
-            action: "user.create",
-            resource_type: "user",
-            resource_id: Some(created.id.to_string()),
-            before: None,
-            after: Some(audit_image(&created)),
-        },
-    )
-    .await?;
-    txn.commit().await?;
-    Ok(created)
+    .await
+}
+
+/// Creates a user from the command line (`pulse user create`), so that a
+/// fresh production database can get its first admin: the same rules and
+/// audit as `createUser`, acting as `service:cli` in that tenant.
+/// Idempotent: an existing email is returned unchanged, with `false`.
+pub async fn bootstrap(
+    db: &DatabaseConnection,
+    meta: &RequestMeta,
+    tenant_slug: &str,
+    input: NewUser,
+) -> AppResult<(user::Model, bool)> {
+    let tenant = super::tenants::by_slug(db, tenant_slug)
+        .await?
+        .ok_or_else(|| AppError::bad_input("tenant", "no tenant with this slug"))?;
+    let email = normalize_email(&input.email)?;
+    let existing = user::Entity::find()
+        .filter(user::Column::TenantId.eq(tenant.id))
+        .filter(user::Column::Email.eq(&email))
+        .one(db)
+        .await?;
+    if let Some(existing) = existing {
+        return Ok((existing, false));
+    }
+    let ctx = TenantCtx {
+        tenant_id: tenant.id,
+        tenant_slug: tenant.slug,
+        user_id: None,
+        actor: format!("{}cli", crate::auth::SERVICE_PREFIX),
+        role: Role::SuperAdmin,
+    };
+    Ok((create(db, &ctx, meta, input).await?, true))
 }
 
 /// Trims and lower-cases an email and checks its shape; the field name is

@@ -12,6 +12,19 @@ use async_graphql::{Response, ServerError, ServerResult, ValidationResult, Value
 
 pub struct ErrorCodes;
 
+/// Set once execution begins: a response without it failed as a request
+/// (parse, validation, limits), which GraphQL over HTTP answers with a 4xx
+/// and no `data` under `application/graphql-response+json`. The HTTP layer
+/// puts one into each request's data.
+#[derive(Clone, Debug, Default)]
+pub struct Executed(pub Arc<std::sync::atomic::AtomicBool>);
+
+impl Executed {
+    pub fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 impl ExtensionFactory for ErrorCodes {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(ErrorCodesExtension)
@@ -100,6 +113,9 @@ impl Extension for ErrorCodesExtension {
         operation_name: Option<&str>,
         next: NextExecute<'_>,
     ) -> Response {
+        if let Some(executed) = ctx.data_opt::<Executed>() {
+            executed.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut response = next.run(ctx, operation_name).await;
         // What is left is async-graphql's own argument coercion ("Failed to
         // parse ..."): the client sent a value of the wrong shape.

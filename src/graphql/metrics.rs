@@ -7,9 +7,12 @@ use serde_json::Value;
 
 use super::guard::{RoleGuard, state, tenant};
 use super::provenance::{Provenance, QueryLog};
-use crate::auth::Role;
+use crate::app::AppState;
+use crate::auth::{Role, TenantCtx};
+use crate::db;
 use crate::domain::metrics;
 use crate::domain::metrics::journey;
+use crate::error::AppResult;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
 #[graphql(remote = "crate::domain::metrics::plan::Measure")]
@@ -261,21 +264,45 @@ fn filters(input: Option<Vec<FilterInput>>) -> Vec<(String, metrics::FilterOp, O
         .collect()
 }
 
+/// Runs one analytic query for the caller: first a place among its
+/// tenant's concurrent queries (or `RATE_LIMITED`), then `work` on a
+/// detached task holding that place, so that neither a vanished client
+/// (its read transaction always ends properly, see `db`) nor a flood of
+/// cancelled requests gets past the limit.
+async fn analytic<T, F, Fut>(ctx: &Context<'_>, work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(AppState, TenantCtx) -> Fut + Send + 'static,
+    Fut: Future<Output = AppResult<T>> + Send + 'static,
+{
+    let app = state(ctx)?.clone();
+    let caller = tenant(ctx)?.clone();
+    let pass = app.analytics_gate.enter(caller.tenant_id).await?;
+    Ok(db::detached(async move {
+        let result = work(app, caller).await;
+        drop(pass);
+        result
+    })
+    .await?)
+}
+
 #[derive(Default)]
 pub struct MetricQuery;
 
 #[Object]
 impl MetricQuery {
     /// An aggregate over the tenant's events, bucketed in time.
-    #[graphql(guard = "RoleGuard::new(Role::Viewer)")]
+    #[graphql(
+        guard = "RoleGuard::new(Role::Viewer)",
+        complexity = "super::METRIC_COST + child_complexity"
+    )]
     async fn metrics(&self, ctx: &Context<'_>, query: MetricQueryInput) -> Result<MetricResult> {
         let app = state(ctx)?;
-        let result = metrics::run(
-            &app.db,
-            tenant(ctx)?,
-            query.into_domain(),
-            app.config.query_timeout,
-        )
+        let query = query.into_domain();
+        let max_span = app.config.analytics.max_range;
+        let result = analytic(ctx, move |app, caller| async move {
+            metrics::run(&app.db, &caller, query, app.config.query_timeout, max_span).await
+        })
         .await?;
         app.metrics
             .record_query(result.source.as_str(), result.db_time);
@@ -291,9 +318,11 @@ impl MetricQuery {
     }
 
     /// Ordered steps per user (or session) within a conversion window.
-    #[graphql(guard = "RoleGuard::new(Role::Viewer)")]
+    #[graphql(
+        guard = "RoleGuard::new(Role::Viewer)",
+        complexity = "super::JOURNEY_COST + child_complexity"
+    )]
     async fn funnel(&self, ctx: &Context<'_>, input: FunnelInput) -> Result<FunnelResult> {
-        let app = state(ctx)?;
         let query = journey::FunnelQuery {
             steps: input
                 .steps
@@ -311,8 +340,10 @@ impl MetricQuery {
             count_by: input.count_by,
             breakdown: input.breakdown,
         };
-        let result =
-            journey::funnel(&app.db, tenant(ctx)?, query, app.config.query_timeout).await?;
+        let result = analytic(ctx, move |app, caller| async move {
+            journey::funnel(&app.db, &caller, query, app.config.query_timeout).await
+        })
+        .await?;
         Ok(FunnelResult {
             steps: result.steps.into_iter().map(Into::into).collect(),
             breakdowns: result
@@ -328,9 +359,11 @@ impl MetricQuery {
 
     /// Cohorts by the period of each user's first start event, and the share
     /// who did the return event in each later period.
-    #[graphql(guard = "RoleGuard::new(Role::Viewer)")]
+    #[graphql(
+        guard = "RoleGuard::new(Role::Viewer)",
+        complexity = "super::JOURNEY_COST + child_complexity"
+    )]
     async fn retention(&self, ctx: &Context<'_>, input: RetentionInput) -> Result<RetentionResult> {
-        let app = state(ctx)?;
         let query = journey::RetentionQuery {
             start_event: input.start_event,
             return_event: input.return_event,
@@ -342,8 +375,10 @@ impl MetricQuery {
             timezone: input.timezone,
             count_by: input.count_by,
         };
-        let cohorts =
-            journey::retention(&app.db, tenant(ctx)?, query, app.config.query_timeout).await?;
+        let cohorts = analytic(ctx, move |app, caller| async move {
+            journey::retention(&app.db, &caller, query, app.config.query_timeout).await
+        })
+        .await?;
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         Ok(RetentionResult {
             cohorts: cohorts

@@ -7,6 +7,7 @@
 //! `RequestMeta` into each request's data.
 
 mod audit;
+mod budget;
 mod events;
 mod extension;
 mod guard;
@@ -18,7 +19,7 @@ mod users;
 
 use async_graphql::{EmptySubscription, MergedObject, Schema};
 
-pub use extension::ErrorCodes;
+pub use extension::{ErrorCodes, Executed};
 pub use guard::{Caller, RoleGuard};
 
 use crate::app::AppState;
@@ -44,11 +45,22 @@ pub struct Mutation(
 
 pub type PulseSchema = Schema<Query, Mutation, EmptySubscription>;
 
+/// The complexity of one `metrics` field: a database query, worth a
+/// hundred plain fields, so the complexity budget also bounds how many one
+/// operation may carry.
+pub(crate) const METRIC_COST: usize = 100;
+/// Funnels and retention walk every matching event of their actors.
+pub(crate) const JOURNEY_COST: usize = 200;
+
 /// Builds the schema; `state` is `None` only for printing the SDL.
 pub fn build(state: Option<AppState>, limits: &Limits) -> PulseSchema {
+    let max_fields = state
+        .as_ref()
+        .map_or(usize::MAX, |s| s.config.analytics.max_fields);
     let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
+        .extension(budget::AnalyticBudget { max_fields })
         .extension(ErrorCodes)
         .extension(provenance::QueryProvenance);
     if let Some(state) = state {

@@ -23,7 +23,8 @@ impl Viewer {
     async fn tenant(&self) -> &Tenant {
         &self.tenant
     }
-    /// The role granted by the token, which guards every field.
+    /// The role in force, which guards every field: the token's, never more
+    /// than the user's current role.
     async fn role(&self) -> RoleValue {
         self.role
     }
@@ -44,8 +45,15 @@ impl SessionQuery {
     async fn me(&self, ctx: &Context<'_>) -> Result<Viewer> {
         let caller = tenant(ctx)?;
         let db = &state(ctx)?.db;
+        let Some(user_id) = caller.user_id else {
+            return Err(AppError::Forbidden(format!(
+                "{} is a service token: it has no user (mint one with `pulse token --user EMAIL`)",
+                caller.actor
+            ))
+            .into());
+        };
         let (user, tenant) = tokio::try_join!(
-            users::find(db, caller, caller.user_id),
+            users::find(db, caller, user_id),
             tenants::find(db, caller.tenant_id)
         )?;
         Ok(Viewer {

@@ -28,7 +28,7 @@ pub fn error_response(err: AppError) -> Response {
         AppError::Forbidden(_) | AppError::TenantSuspended => StatusCode::FORBIDDEN,
         AppError::BadInput { .. } | AppError::InvalidBatch { .. } => StatusCode::BAD_REQUEST,
         AppError::NotFound(_) => StatusCode::NOT_FOUND,
-        AppError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+        AppError::QuotaExceeded(_) | AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         AppError::QueryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -46,8 +46,20 @@ pub fn error_response(err: AppError) -> Response {
         }
         _ => {}
     }
+    let retry_after = match &err {
+        AppError::RateLimited { retry_after, .. } => {
+            let secs = retry_after.as_secs_f64().ceil() as u64;
+            body["retryAfter"] = json!(secs);
+            Some(secs)
+        }
+        _ => None,
+    };
     let mut response = (status, axum::Json(body)).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    if let Some(secs) = retry_after
+        && let Ok(value) = HeaderValue::from_str(&secs.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    } else if status == StatusCode::SERVICE_UNAVAILABLE {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

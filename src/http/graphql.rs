@@ -26,8 +26,8 @@ use super::{HttpState, RequestId};
 use crate::auth::RequestMeta;
 use crate::domain::auth::authenticate;
 use crate::error::AppError;
-use crate::graphql::Caller;
-use crate::telemetry::{CodeLabels, OperationLabels, operation_label};
+use crate::graphql::{Caller, Executed};
+use crate::telemetry::{CodeLabels, OperationLabels};
 
 /// Most operations one batched POST may carry.
 pub const MAX_BATCH: usize = 20;
@@ -91,22 +91,26 @@ fn accepts(headers: &HeaderMap, media: &str) -> bool {
 }
 
 /// Runs a batch with the caller and request facts in its data, and
-/// records span fields and metrics.
+/// records span fields and metrics. Also says whether execution began (for
+/// a single request; see [`Executed`]).
 async fn execute(
     state: &HttpState,
     mut batch: BatchRequest,
     caller: Caller,
     meta: RequestMeta,
-) -> BatchResponse {
+) -> (BatchResponse, bool) {
+    let authenticated = matches!(caller, Caller::Authenticated(_));
+    let names = &state.app.metrics.operation_names;
     let operation = match &mut batch {
-        BatchRequest::Single(r) => operation_label(operation_name(r).as_deref()),
-        BatchRequest::Batch(_) => "batch".to_owned(),
+        BatchRequest::Single(r) => names.label(operation_name(r).as_deref(), authenticated),
+        BatchRequest::Batch(_) => names.label(Some("batch"), authenticated),
     };
     tracing::Span::current().record("operation", operation.as_str());
     let started = Instant::now();
+    let executed = Executed::default();
     let response = state
         .schema
-        .execute_batch(batch.data(caller).data(meta))
+        .execute_batch(batch.data(caller).data(meta).data(executed.clone()))
         .await;
     let metrics = &state.app.metrics;
     let responses: Vec<&async_graphql::Response> = match &response {
@@ -139,15 +143,17 @@ async fn execute(
             .get_or_create(&CodeLabels { code })
             .inc();
     }
-    response
+    (response, executed.get())
 }
 
-fn into_http(response: BatchResponse, headers: &HeaderMap) -> Response {
+fn into_http((response, executed): (BatchResponse, bool), headers: &HeaderMap) -> Response {
     let graphql_media = accepts(headers, GRAPHQL_RESPONSE_JSON);
     // Under application/graphql-response+json a request that never reached
-    // execution (no `data`) is a 400; under plain JSON it is always 200.
+    // execution (parse, validation, limits) is a 400 without `data`; an
+    // execution whose data is null is still a 200 with `data: null`. Under
+    // plain JSON it is always 200.
     let request_error = match &response {
-        BatchResponse::Single(r) => r.data == async_graphql::Value::Null && !r.errors.is_empty(),
+        BatchResponse::Single(r) => !executed && !r.errors.is_empty(),
         BatchResponse::Batch(_) => false,
     };
     let status = if graphql_media && request_error {
@@ -160,7 +166,16 @@ fn into_http(response: BatchResponse, headers: &HeaderMap) -> Response {
     } else {
         "application/json"
     };
-    match serde_json::to_vec(&response) {
+    let body = serde_json::to_value(&response).map(|mut body| {
+        if graphql_media
+            && request_error
+            && let Some(map) = body.as_object_mut()
+        {
+            map.remove("data");
+        }
+        body
+    });
+    match body.and_then(|b| serde_json::to_vec(&b)) {
         Ok(body) => (status, [(header::CONTENT_TYPE, content_type)], body).into_response(),
         Err(e) => {
             let err = AppError::internal(e);
@@ -168,6 +183,16 @@ fn into_http(response: BatchResponse, headers: &HeaderMap) -> Response {
             transport_error(StatusCode::INTERNAL_SERVER_ERROR, err.code(), &message)
         }
     }
+}
+
+/// Whether the body is declared JSON (`application/json`, with any
+/// parameters such as `charset`); GraphQL over HTTP requires it on POST.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Reads the body up to the configured limit; past it, 413.
@@ -208,6 +233,13 @@ pub async fn post_graphql(
 ) -> Response {
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
+    if !is_json(&headers) {
+        return transport_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "BAD_USER_INPUT",
+            "POST /graphql takes a JSON body: send Content-Type: application/json",
+        );
+    }
     let body = match read_body(body, &headers, state.app.config.limits.body_bytes).await {
         Ok(b) => b,
         Err(resp) => return resp,

@@ -14,7 +14,10 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::time::Duration;
+use tracing_subscriber::Layer as _;
 
 use pulse::app::{AppState, Application};
 use pulse::auth::Role;
@@ -43,15 +46,62 @@ pub fn is_postgres() -> bool {
     postgres_url().is_some()
 }
 
+/// PostgreSQL's warnings about transactions, as sqlx reports them ("there
+/// is already a transaction in progress", "there is no transaction in
+/// progress"), seen by any server of this test process. Any at all means a
+/// connection was lent while inside a transaction it should not have been.
+static TRANSACTION_WARNINGS: AtomicUsize = AtomicUsize::new(0);
+
+pub fn transaction_warnings() -> usize {
+    TRANSACTION_WARNINGS.load(Ordering::SeqCst)
+}
+
+/// Counts the notices sqlx logs under `sqlx::postgres::notice` that talk
+/// about transactions.
+struct NoticeCounter;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for NoticeCounter {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() != "sqlx::postgres::notice" {
+            return;
+        }
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{value:?}"));
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        if message.0.contains("transaction in progress") {
+            TRANSACTION_WARNINGS.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 fn init_logs() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        if std::env::var_os("TEST_LOG").is_some() {
-            pulse::telemetry::init_tracing(&pulse::config::LogConfig {
-                filter: std::env::var("PULSE_LOG").unwrap_or_else(|_| "info".into()),
-                json: false,
-            });
-        }
+        // The notice counter always listens (at warn, where PostgreSQL's
+        // warnings arrive); the readable log only with TEST_LOG.
+        let logs = std::env::var_os("TEST_LOG").is_some().then(|| {
+            tracing_subscriber::fmt::layer()
+                .compact()
+                .with_writer(std::io::stderr)
+                .with_filter(tracing_subscriber::EnvFilter::new(
+                    std::env::var("PULSE_LOG").unwrap_or_else(|_| "info".into()),
+                ))
+        });
+        let notices = NoticeCounter.with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("sqlx::postgres::notice", tracing::Level::TRACE),
+        );
+        let _ = tracing_subscriber::registry()
+            .with(notices)
+            .with(logs)
+            .try_init();
     });
 }
 

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::auth::TenantCtx;
-use crate::db::begin_scoped;
+use crate::db::scoped;
 use crate::domain::page::Page;
 use crate::error::{AppError, AppResult};
 
@@ -136,9 +136,10 @@ pub async fn list(
         .order_by(Alias::new("id"), Order::Desc)
         .limit(first + 1);
 
-    let txn = begin_scoped(db, ctx).await?;
-    let rows = txn.query_all(&q).await?;
-    txn.commit().await?;
+    let rows = scoped(db, ctx, move |txn| {
+        Box::pin(async move { Ok(txn.query_all(&q).await?) })
+    })
+    .await?;
     let records = rows
         .iter()
         .map(|row| decode(backend, row))

@@ -3,6 +3,7 @@
 //! series with every bucket present.
 
 mod cells;
+pub mod gate;
 pub mod journey;
 pub mod plan;
 pub mod raw;
@@ -62,15 +63,18 @@ pub struct MetricResult {
     pub skipped: u64,
 }
 
-/// Runs `query` for the caller's tenant; the database gets `timeout`.
+/// Runs `query` for the caller's tenant; the database gets `timeout`, the
+/// range at most `max_span`. It holds a read transaction across awaits:
+/// callers run it on a detached task (`db::detached`), as the resolvers do.
 pub async fn run(
     db: &DatabaseConnection,
     ctx: &TenantCtx,
     query: MetricQuery,
     timeout: Duration,
+    max_span: chrono::Duration,
 ) -> AppResult<MetricResult> {
     let now = Utc::now();
-    let plan = plan::plan(query, now)?;
+    let plan = plan::plan(query, now, max_span)?;
     let started = Instant::now();
     let mut session = Session::begin(db, ctx, timeout).await?;
     let aggregates = within(timeout, raw::aggregate(&mut session, &plan, ctx.tenant_id)).await?;

@@ -13,8 +13,23 @@ pub const MAX_CELLS: usize = 10_000;
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1_000;
 pub const MAX_GROUP_BY: usize = 3;
-/// How far back a relative range may reach.
-pub const MAX_RELATIVE: Duration = Duration::days(3650);
+/// Most filters one query (or funnel step) may combine.
+pub const MAX_FILTERS: usize = 20;
+/// Most values all the `IN`/`NOT_IN` lists of one query may hold together:
+/// every value is a bound parameter, and the databases cap those (SQLite
+/// at 32,766), so a query must stay well under whatever else it binds.
+pub const MAX_FILTER_VALUES: usize = 1_000;
+/// Most event types one query may name.
+pub const MAX_EVENT_TYPES: usize = 100;
+/// The widest range by default: the longest tenant retention (ten years)
+/// and a margin; `PULSE_MAX_RANGE_DAYS` sets it.
+pub const DEFAULT_MAX_SPAN: Duration = Duration::days(3700);
+/// Instants a range may name: events are never older or newer than these,
+/// and staying far from the ends of time keeps every later step of time
+/// arithmetic (buckets, windows, offsets) clear of overflow.
+pub const EARLIEST: DateTime<Utc> = DateTime::from_timestamp_nanos(0);
+/// 2200-01-01T00:00:00Z.
+pub const LATEST: DateTime<Utc> = DateTime::from_timestamp_nanos(7_258_118_400_000_000_000);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Measure {
@@ -161,25 +176,15 @@ pub struct Plan {
     pub buckets: Vec<Bucket>,
 }
 
-/// `30d`, `12h`, `15m`, `2w`.
+/// `30d`, `12h`, `15m`, `2w`, `45s` (the API's one duration syntax, see
+/// [`crate::duration`]), no longer than the default widest range.
 pub fn parse_relative(raw: &str) -> Option<Duration> {
-    let raw = raw.trim();
-    let unit = raw.chars().last()?;
-    let n: i64 = raw[..raw.len() - unit.len_utf8()].parse().ok()?;
-    if n <= 0 {
-        return None;
-    }
-    let d = match unit {
-        'm' => Duration::try_minutes(n)?,
-        'h' => Duration::try_hours(n)?,
-        'd' => Duration::try_days(n)?,
-        'w' => Duration::try_weeks(n)?,
-        _ => return None,
-    };
-    (d <= MAX_RELATIVE).then_some(d)
+    crate::duration::parse_chrono(raw)
+        .ok()
+        .filter(|d| *d <= DEFAULT_MAX_SPAN)
 }
 
-pub fn plan(q: MetricQuery, now: DateTime<Utc>) -> AppResult<Plan> {
+pub fn plan(q: MetricQuery, now: DateTime<Utc>, max_span: Duration) -> AppResult<Plan> {
     let measure = q
         .measure
         .ok_or_else(|| AppError::bad_input("query.measure", "is required"))?;
@@ -211,6 +216,12 @@ pub fn plan(q: MetricQuery, now: DateTime<Utc>) -> AppResult<Plan> {
     }
 
     let event_types = q.event_types.unwrap_or_default();
+    if event_types.len() > MAX_EVENT_TYPES {
+        return Err(AppError::bad_input(
+            "query.eventTypes",
+            format!("at most {MAX_EVENT_TYPES} types"),
+        ));
+    }
     for (i, t) in event_types.iter().enumerate() {
         if t.is_empty() || t.len() > 100 {
             return Err(AppError::bad_input(
@@ -220,6 +231,7 @@ pub fn plan(q: MetricQuery, now: DateTime<Utc>) -> AppResult<Plan> {
         }
     }
 
+    check_filter_sizes("query.filters", &q.filters)?;
     let filters = q
         .filters
         .into_iter()
@@ -246,7 +258,14 @@ pub fn plan(q: MetricQuery, now: DateTime<Utc>) -> AppResult<Plan> {
     }
 
     let tz = timezone(q.timezone.as_deref(), "query.timezone")?;
-    let (from, to) = range(q.from, q.to, q.last.as_deref(), now, "query.range")?;
+    let (from, to) = range_within(
+        q.from,
+        q.to,
+        q.last.as_deref(),
+        now,
+        max_span,
+        "query.range",
+    )?;
 
     let limit = match q.limit {
         None => DEFAULT_LIMIT,
@@ -283,6 +302,31 @@ pub fn plan(q: MetricQuery, now: DateTime<Utc>) -> AppResult<Plan> {
         limit,
         buckets,
     })
+}
+
+/// Bounds how many filters, and how many list values in all, `filters`
+/// holds (errors name `prefix`), before any of them is looked at.
+pub fn check_filter_sizes(
+    prefix: &str,
+    filters: &[(String, FilterOp, Option<Value>)],
+) -> AppResult<()> {
+    if filters.len() > MAX_FILTERS {
+        return Err(AppError::bad_input(
+            prefix,
+            format!("at most {MAX_FILTERS} filters"),
+        ));
+    }
+    let values: usize = filters
+        .iter()
+        .filter_map(|(_, _, v)| v.as_ref()?.as_array().map(Vec::len))
+        .sum();
+    if values > MAX_FILTER_VALUES {
+        return Err(AppError::bad_input(
+            prefix,
+            format!("at most {MAX_FILTER_VALUES} list values across all filters"),
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn filter(
@@ -363,8 +407,7 @@ pub fn timezone(name: Option<&str>, at: &str) -> AppResult<Tz> {
     }
 }
 
-/// `{from, to}` (half-open, `from` before `to`) or `{last}` ending `now`;
-/// errors name `at.from`, `at.to`, `at.last` or `at`.
+/// [`range_within`] the default widest span.
 pub fn range(
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
@@ -372,26 +415,74 @@ pub fn range(
     now: DateTime<Utc>,
     at: &str,
 ) -> AppResult<(DateTime<Utc>, DateTime<Utc>)> {
-    match (from, to, last) {
+    range_within(from, to, last, now, DEFAULT_MAX_SPAN, at)
+}
+
+/// `{from, to}` (half-open, `from` before `to`) or `{last}` ending `now`,
+/// at most `max_span` wide and between [`EARLIEST`] and [`LATEST`]; errors
+/// name `at.from`, `at.to`, `at.last` or `at`.
+pub fn range_within(
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    last: Option<&str>,
+    now: DateTime<Utc>,
+    max_span: Duration,
+    at: &str,
+) -> AppResult<(DateTime<Utc>, DateTime<Utc>)> {
+    let days = max_span.num_days();
+    let (from, to) = match (from, to, last) {
         (None, None, Some(last)) => {
-            let span = parse_relative(last).ok_or_else(|| {
-                AppError::bad_input(
-                    format!("{at}.last"),
-                    format!("`{last}` is not a relative range such as 15m, 24h, 30d or 8w (at most 3650 days)"),
-                )
+            let span = crate::duration::parse_chrono(last)
+                .ok()
+                .filter(|d| *d <= max_span)
+                .ok_or_else(|| {
+                    AppError::bad_input(
+                        format!("{at}.last"),
+                        format!(
+                            "`{last}` is not a relative range such as 15m, 24h, 30d or 8w of at most {days} days"
+                        ),
+                    )
+                })?;
+            let from = now.checked_sub_signed(span).ok_or_else(|| {
+                AppError::bad_input(format!("{at}.last"), "reaches before the year 1970")
             })?;
-            Ok((now - span, now))
+            (from, now)
         }
-        (Some(from), Some(to), None) if from >= to => Err(AppError::bad_input(
+        (Some(from), Some(to), None) if from >= to => {
+            return Err(AppError::bad_input(
+                format!("{at}.from"),
+                "must be before `to`",
+            ));
+        }
+        (Some(from), Some(to), None) => {
+            if to.signed_duration_since(from) > max_span {
+                return Err(AppError::bad_input(
+                    at,
+                    format!("spans more than {days} days; narrow the range"),
+                ));
+            }
+            (from, to)
+        }
+        (_, _, Some(_)) => {
+            return Err(AppError::bad_input(
+                at,
+                "give either {from, to} or {last}, not both",
+            ));
+        }
+        (None, _, None) => return Err(AppError::bad_input(format!("{at}.from"), "is required")),
+        (_, None, None) => return Err(AppError::bad_input(format!("{at}.to"), "is required")),
+    };
+    if from < EARLIEST {
+        return Err(AppError::bad_input(
             format!("{at}.from"),
-            "must be before `to`",
-        )),
-        (Some(from), Some(to), None) => Ok((from, to)),
-        (_, _, Some(_)) => Err(AppError::bad_input(
-            at,
-            "give either {from, to} or {last}, not both",
-        )),
-        (None, _, None) => Err(AppError::bad_input(format!("{at}.from"), "is required")),
-        (_, None, None) => Err(AppError::bad_input(format!("{at}.to"), "is required")),
+            "must not be before 1970-01-01T00:00:00Z",
+        ));
     }
+    if to > LATEST {
+        return Err(AppError::bad_input(
+            format!("{at}.to"),
+            "must not be after 2200-01-01T00:00:00Z",
+        ));
+    }
+    Ok((from, to))
 }

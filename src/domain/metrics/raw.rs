@@ -207,13 +207,29 @@ impl Sql {
                     self.property_equals(keys, &f.value)
                 ),
                 FilterOp::In | FilterOp::NotIn => {
-                    let items: Vec<String> = f
-                        .value
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|v| self.property_equals(keys, v))
+                    // One `IN` per JSON type rather than an OR per value: a
+                    // thousand ORs exceed SQLite's expression depth.
+                    let values = f.value.as_array().map(Vec::as_slice).unwrap_or_default();
+                    let strings: Vec<String> = values
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(|v| self.bind(v.to_owned()))
                         .collect();
+                    let numbers: Vec<String> = values
+                        .iter()
+                        .filter_map(Value::as_f64)
+                        .map(|v| self.bind(v))
+                        .collect();
+                    let mut items = Vec::new();
+                    if !strings.is_empty() {
+                        items.push(format!("{} IN ({})", self.string(keys), strings.join(", ")));
+                    }
+                    if !numbers.is_empty() {
+                        items.push(format!("{} IN ({})", self.number(keys), numbers.join(", ")));
+                    }
+                    for b in values.iter().filter(|v| v.is_boolean()) {
+                        items.push(self.property_equals(keys, b));
+                    }
                     let any = format!("COALESCE(({}), FALSE)", items.join(" OR "));
                     if op == FilterOp::In {
                         format!("({any})")
