@@ -1,11 +1,13 @@
-//! HTTP transport: the router, GraphQL over HTTP and WebSocket, bulk event
-//! ingestion, and the operational routes (health, readiness, metrics).
+//! HTTP transport: the router, GraphQL over HTTP and WebSocket, the
+//! self-contained GraphiQL page and its assets, bulk event ingestion, and
+//! the operational routes (health, readiness, metrics).
 //!
 //! Every request passes through [`observe`], which assigns a request id
 //! (honouring a sane `X-Request-Id`), opens the tracing span that later
 //! records tenant and operation, and logs one line with status and duration.
 
 mod events;
+pub mod graphiql;
 mod graphql;
 mod ops;
 
@@ -42,6 +44,7 @@ pub fn router(app: AppState, schema: PulseSchema) -> Router {
             get(graphql::get_graphql).post(graphql::post_graphql),
         )
         .route("/graphql/ws", get(graphql::websocket))
+        .route("/graphiql/{file}", get(graphiql::asset))
         .route("/v1/events", post(events::post_events))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
