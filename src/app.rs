@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -39,6 +39,10 @@ pub struct App {
     pub writer: Writer,
     /// Each tenant's share of concurrent analytic queries.
     pub analytics_gate: TenantGate,
+    /// The demo ADMIN token GraphiQL opens with. `serve` mints it after the
+    /// server is built (it needs the seeded admin), hence set-once rather
+    /// than a plain field; only [`App::offer_demo_token`] sets it.
+    demo_token: OnceLock<String>,
 }
 
 impl Deref for AppState {
@@ -46,6 +50,19 @@ impl Deref for AppState {
 
     fn deref(&self) -> &App {
         &self.0
+    }
+}
+
+impl App {
+    /// Offers the demo token to the GraphiQL page, which keeps it only where
+    /// [`http::graphiql::may_prefill`] allows; returns whether it was kept.
+    pub fn offer_demo_token(&self, token: String) -> bool {
+        http::graphiql::may_prefill(&self.config) && self.demo_token.set(token).is_ok()
+    }
+
+    /// The token [`App::offer_demo_token`] kept, if any.
+    pub fn demo_token(&self) -> Option<&str> {
+        self.demo_token.get().map(String::as_str)
     }
 }
 
@@ -105,6 +122,7 @@ impl AppState {
             bus,
             event_store,
             writer,
+            demo_token: OnceLock::new(),
         })))
     }
 }

@@ -312,9 +312,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 Role::Admin,
                 Duration::from_secs(12 * 3600),
             ) {
-                Ok(token) => println!(
-                    "\nGraphiQL: http://{addr}/graphql\nHTTP header for GraphiQL (ADMIN of acme, valid 12h):\n  {{\"Authorization\": \"Bearer {token}\"}}\n"
-                ),
+                Ok(token) => {
+                    let header = format!("{{\"Authorization\": \"Bearer {token}\"}}");
+                    // On loopback with the development secret the page opens
+                    // with the header filled in (see `http::graphiql`).
+                    let filled = if state.offer_demo_token(token) {
+                        "; GraphiQL opens with it filled in"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "\nGraphiQL: http://{addr}/graphql\nHTTP header for GraphiQL (ADMIN of acme, valid 12h{filled}):\n  {header}\n"
+                    );
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot mint the demo token"),
             },
             Ok(None) => {}

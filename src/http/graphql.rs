@@ -1,4 +1,5 @@
-//! GraphQL over HTTP (POST and GET), GraphiQL, and GraphQL over WebSocket.
+//! GraphQL over HTTP (POST and GET) and over WebSocket; `GET` hands
+//! browsers to the GraphiQL page (`super::graphiql`).
 //!
 //! The handlers own what async-graphql leaves to the transport: the body
 //! limit, authentication (a [`Caller`] decided once per request), the
@@ -10,15 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use async_graphql::http::{
-    ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource, WebSocket as GraphQLWs,
-    WebSocketProtocols as Protocols, WsMessage,
+    ALL_WEBSOCKET_PROTOCOLS, WebSocket as GraphQLWs, WebSocketProtocols as Protocols, WsMessage,
 };
 use async_graphql::{BatchRequest, BatchResponse, Data, Request as GqlRequest};
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt, future};
 use serde_json::json;
 
@@ -284,12 +284,7 @@ pub async fn get_graphql(
 ) -> Response {
     let headers = request.headers();
     if accepts(headers, "text/html") {
-        let page = GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql/ws")
-            .title("Pulse GraphiQL")
-            .finish();
-        return Html(page).into_response();
+        return super::graphiql::page(&state.app, headers);
     }
     let query = request.uri().query().unwrap_or_default();
     let mut gql: GqlRequest = match async_graphql::http::parse_query_string(query) {

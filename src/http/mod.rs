@@ -1,5 +1,6 @@
-//! HTTP transport: the router, GraphQL over HTTP and WebSocket, bulk event
-//! ingestion, and the operational routes (health, readiness, metrics).
+//! HTTP transport: the router, GraphQL over HTTP and WebSocket, the
+//! self-contained GraphiQL page and its assets, bulk event ingestion, and
+//! the operational routes (health, readiness, metrics).
 //!
 //! The request stages, outermost first, and why in that order:
 //! 1. a client's `X-Request-Id` is kept only when it is short and plain,
@@ -15,6 +16,7 @@
 //! 5. a whole-request time limit (`PULSE_REQUEST_TIMEOUT_MS`, 408).
 
 mod events;
+pub mod graphiql;
 mod graphql;
 mod ops;
 
@@ -64,6 +66,7 @@ pub fn router(app: AppState, schema: PulseSchema) -> Router {
             get(graphql::get_graphql).post(graphql::post_graphql),
         )
         .route("/graphql/ws", get(graphql::websocket))
+        .route("/graphiql/{file}", get(graphiql::asset))
         .route("/v1/events", post(events::post_events))
         .fallback(ops::not_found)
         .layer(
