@@ -358,3 +358,177 @@ async fn serve_logs_json_request_spans_without_secrets_and_stops_on_sigterm() {
     assert!(finished["duration_ms"].is_number());
     assert!(entries.iter().any(|e| e["message"] == "stopped"), "{all}");
 }
+
+/// Runs `cmd` to success and returns the one JSON line it printed.
+#[track_caller]
+fn json_line(cmd: &mut Command) -> Value {
+    let out = cmd.output().expect("run pulse");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf8");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    serde_json::from_str(&stdout).expect("one JSON line")
+}
+
+/// A production database starts empty: no tenant, no user, so no token
+/// can exist. The commands create the first ones, idempotently, through
+/// the same rules and audit as the mutations.
+#[tokio::test]
+async fn a_fresh_database_is_bootstrapped_from_the_command_line_to_a_working_token() {
+    let app = spawn_isolated_app().await;
+    let url = app.state.config.database.url.clone();
+    let dir = scratch();
+    let slug = format!("boot-{}", short_id());
+    let create_tenant = || {
+        let mut cmd = pulse(&dir);
+        cmd.args(["tenant", "create", "--slug", &slug, "--name", "Boot Inc"])
+            .env("PULSE_DATABASE_URL", &url);
+        cmd
+    };
+    let first = json_line(&mut create_tenant());
+    assert_eq!(first["slug"], slug.as_str());
+    assert_eq!(first["created"], true);
+    let again = json_line(&mut create_tenant());
+    assert_eq!(
+        (&again["id"], &again["created"]),
+        (&first["id"], &json!(false))
+    );
+
+    let create_user = || {
+        let mut cmd = pulse(&dir);
+        cmd.args([
+            "user",
+            "create",
+            "--tenant",
+            &slug,
+            "--email",
+            "Root@Boot.test",
+            "--role",
+            "ADMIN",
+            "--password-stdin",
+        ])
+        .env("PULSE_DATABASE_URL", &url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let run_with_password = |mut cmd: Command| {
+        let mut child = cmd.spawn().expect("spawn");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"correct horse battery\n")
+            .expect("password");
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).expect("one JSON line")
+    };
+    let user = run_with_password(create_user());
+    assert_eq!(
+        (
+            &user["email"],
+            &user["role"],
+            &user["status"],
+            &user["created"]
+        ),
+        (
+            &json!("root@boot.test"),
+            &json!("ADMIN"),
+            &json!("ACTIVE"),
+            &json!(true)
+        )
+    );
+    assert_eq!(run_with_password(create_user())["created"], false);
+
+    // The password works, and so does a token for the user.
+    let login = app
+        .gql_anonymous(
+            "mutation($t: String!) { login(tenant: $t, email: \"root@boot.test\", password: \"correct horse battery\") { token } }",
+            json!({ "t": slug }),
+        )
+        .await;
+    assert!(data(&login)["login"]["token"].is_string());
+    let out = pulse(&dir)
+        .args([
+            "token",
+            "--tenant",
+            &slug,
+            "--role",
+            "ADMIN",
+            "--user",
+            "root@boot.test",
+        ])
+        .output()
+        .expect("run");
+    let token = String::from_utf8(out.stdout).expect("utf8");
+    let me = app
+        .gql_as(
+            token.trim(),
+            "{ me { role user { email } tenant { name } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(data(&me)["me"]["role"], "ADMIN");
+    assert_eq!(data(&me)["me"]["tenant"]["name"], "Boot Inc");
+    let audit = app
+        .gql_as(
+            token.trim(),
+            "{ auditLog(first: 10) { edges { node { action actor } } } }",
+            json!({}),
+        )
+        .await;
+    let entries: Vec<(String, String)> = data(&audit)["auditLog"]["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .map(|e| {
+            (
+                e["node"]["action"].as_str().unwrap_or_default().to_owned(),
+                e["node"]["actor"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        entries.contains(&("tenant.create".into(), "service:cli".into())),
+        "{entries:?}"
+    );
+    assert!(
+        entries.contains(&("user.create".into(), "service:cli".into())),
+        "{entries:?}"
+    );
+
+    // Bad input is one clear line, and nothing is created.
+    fails_with(
+        pulse(&dir)
+            .args([
+                "user",
+                "create",
+                "--tenant",
+                "no-such-tenant",
+                "--email",
+                "a@b.co",
+                "--role",
+                "VIEWER",
+            ])
+            .env("PULSE_DATABASE_URL", &url)
+            .env("PULSE_LOG", "off"),
+        "tenant",
+    );
+    fails_with(
+        pulse(&dir)
+            .args(["tenant", "create", "--slug", "Bad Slug!", "--name", "x"])
+            .env("PULSE_DATABASE_URL", &url)
+            .env("PULSE_LOG", "off"),
+        "slug",
+    );
+}
