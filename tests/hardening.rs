@@ -729,6 +729,22 @@ async fn a_panic_becomes_a_coded_internal_error_and_is_counted() {
 #[tokio::test]
 async fn cancelled_requests_never_leave_a_pooled_connection_inside_a_transaction() {
     let app = spawn_isolated_app().await;
+    if is_postgres() {
+        // The warning counter hears PostgreSQL's notices at all.
+        let probes = notice_probes();
+        app.state
+            .db
+            .execute_unprepared(&format!(
+                "DO $$ BEGIN RAISE WARNING '{NOTICE_PROBE}'; END $$"
+            ))
+            .await
+            .expect("raise a warning");
+        assert_eq!(
+            notice_probes(),
+            probes + 1,
+            "notices do not reach the test's counter"
+        );
+    }
     let warnings_before = transaction_warnings();
     let (a, b) = (app.tenant("cancel-a").await, app.tenant("cancel-b").await);
     ingest(

@@ -70,14 +70,28 @@ pub async fn create(
     input: NewTenant,
 ) -> AppResult<tenant::Model> {
     require_super_admin(ctx)?;
-    let (caller, meta) = (ctx.clone(), meta.clone());
+    // Recorded in the creator's tenant: that is whose trail shows it.
+    let by = Some(ctx.tenant_id);
+    create_audited(db, by, Actor::of(ctx), meta, input).await
+}
+
+/// Inserts a tenant and records `tenant.create` by `actor`, in the tenant
+/// `recorded_in` (`None`: the new tenant's own trail), in one transaction.
+async fn create_audited(
+    db: &DatabaseConnection,
+    recorded_in: Option<Uuid>,
+    actor: Actor,
+    meta: &RequestMeta,
+    input: NewTenant,
+) -> AppResult<tenant::Model> {
+    let meta = meta.clone();
     db::transaction(db, move |txn| {
         Box::pin(async move {
             let created = insert(txn, input).await?;
             audit::record(
                 txn,
-                caller.tenant_id,
-                &Actor::of(&caller),
+                recorded_in.unwrap_or(created.id),
+                &actor,
                 &meta,
                 Change {
                     action: "tenant.create",
@@ -108,31 +122,11 @@ pub async fn bootstrap(
     if let Some(existing) = by_slug(db, &slug).await? {
         return Ok((existing, false));
     }
-    let meta = meta.clone();
-    let created = db::transaction(db, move |txn| {
-        Box::pin(async move {
-            let created = insert(txn, input).await?;
-            audit::record(
-                txn,
-                created.id,
-                &Actor {
-                    user_id: None,
-                    name: format!("{}cli", crate::auth::SERVICE_PREFIX),
-                },
-                &meta,
-                Change {
-                    action: "tenant.create",
-                    resource_type: "tenant",
-                    resource_id: Some(created.id.to_string()),
-                    before: None,
-                    after: Some(audit_image(&created)),
-                },
-            )
-            .await?;
-            Ok(created)
-        })
-    })
-    .await;
+    let actor = Actor {
+        user_id: None,
+        name: format!("{}cli", crate::auth::SERVICE_PREFIX),
+    };
+    let created = create_audited(db, None, actor, meta, input).await;
     match created {
         Ok(created) => Ok((created, true)),
         // Another run created it in the meantime: still idempotent.

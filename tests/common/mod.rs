@@ -56,6 +56,15 @@ pub fn transaction_warnings() -> usize {
     TRANSACTION_WARNINGS.load(Ordering::SeqCst)
 }
 
+/// Notices that carry [`NOTICE_PROBE`]: a test raises one to prove that
+/// notices do reach the counter (so that "no warning" means something).
+static PROBES: AtomicUsize = AtomicUsize::new(0);
+pub const NOTICE_PROBE: &str = "pulse-notice-probe";
+
+pub fn notice_probes() -> usize {
+    PROBES.load(Ordering::SeqCst)
+}
+
 /// Counts the notices sqlx logs under `sqlx::postgres::notice` that talk
 /// about transactions.
 struct NoticeCounter;
@@ -75,6 +84,9 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for NoticeCounter {
         event.record(&mut message);
         if message.0.contains("transaction in progress") {
             TRANSACTION_WARNINGS.fetch_add(1, Ordering::SeqCst);
+        }
+        if message.0.contains(NOTICE_PROBE) {
+            PROBES.fetch_add(1, Ordering::SeqCst);
         }
     }
 }
