@@ -66,6 +66,10 @@ impl Demo {
 pub struct DatabaseConfig {
     pub url: String,
     pub max_connections: u32,
+    /// SQLite only: `true` (the default) commits with `synchronous=FULL`, so
+    /// an acknowledged event survives a power loss; `PULSE_SQLITE_SYNCHRONOUS
+    /// =normal` trades that for throughput (bench/README.md has the cost).
+    pub sqlite_full_sync: bool,
 }
 
 impl DatabaseConfig {
@@ -218,6 +222,17 @@ impl Config {
             database: DatabaseConfig {
                 url: database_url,
                 max_connections: number(&get, "PULSE_DB_MAX_CONNECTIONS", 16, 1..=1000)?,
+                sqlite_full_sync: match get("PULSE_SQLITE_SYNCHRONOUS").as_deref() {
+                    None | Some("full") | Some("FULL") => true,
+                    Some("normal") | Some("NORMAL") => false,
+                    Some(other) => {
+                        return Err(invalid(
+                            "PULSE_SQLITE_SYNCHRONOUS",
+                            other,
+                            "expected `full` (the default) or `normal`",
+                        ));
+                    }
+                },
             },
             redis_url,
             jwt: JwtConfig {

@@ -46,6 +46,11 @@ const MIGRATION_LOCK_KEY: i64 = 0x7075_6c73_6501;
 /// cancel-safe.
 pub async fn connect(config: &DatabaseConfig, stale: Counter) -> Result<DatabaseConnection, DbErr> {
     let (pg_stale, sqlite_stale) = (stale.clone(), stale);
+    let synchronous = if config.sqlite_full_sync {
+        SqliteSynchronous::Full
+    } else {
+        SqliteSynchronous::Normal
+    };
     let mut opts = ConnectOptions::new(config.url.clone());
     opts.max_connections(config.max_connections)
         .min_connections(1)
@@ -53,11 +58,13 @@ pub async fn connect(config: &DatabaseConfig, stale: Counter) -> Result<Database
         .acquire_timeout(Duration::from_secs(5))
         .sqlx_logging(false)
         // WAL lets readers proceed while a writer commits; the busy timeout
-        // makes concurrent writers wait instead of failing. Set per
-        // connection, so every pooled connection gets them.
-        .map_sqlx_sqlite_opts(|o| {
+        // makes concurrent writers wait instead of failing; FULL syncs the
+        // WAL at every commit, so a 202 survives a power loss (NORMAL may
+        // lose the last commits). Set per connection, so every pooled
+        // connection gets them.
+        .map_sqlx_sqlite_opts(move |o| {
             o.journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
+                .synchronous(synchronous)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(5))
         })
