@@ -14,6 +14,7 @@ mod isolation;
 mod journeys;
 mod metrics;
 mod rls;
+mod saved_queries;
 mod tenants;
 mod users;
 mod websocket;

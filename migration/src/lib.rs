@@ -10,6 +10,7 @@ mod m20261122_000003_create_audit_log;
 mod m20261122_000004_enable_row_level_security;
 mod m20261122_000005_create_events;
 mod m20261122_000006_create_analytics_aggregates;
+mod m20261123_000007_create_saved_queries;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000004_enable_row_level_security::Migration),
             Box::new(m20261122_000005_create_events::Migration),
             Box::new(m20261122_000006_create_analytics_aggregates::Migration),
+            Box::new(m20261123_000007_create_saved_queries::Migration),
         ]
     }
 }

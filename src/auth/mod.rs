@@ -89,6 +89,24 @@ pub struct TenantCtx {
 /// without a user (scripts, `pulse token` without `--user`).
 pub const SERVICE_PREFIX: &str = "service:";
 
+/// A key that cannot exist without its tenant: loaders (and later cache
+/// keys and bus channels) are keyed by it, so nothing keyed by a bare id
+/// can be read across tenants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InTenant<K> {
+    pub tenant: Uuid,
+    pub key: K,
+}
+
+impl<K> InTenant<K> {
+    pub fn of(ctx: &TenantCtx, key: K) -> Self {
+        InTenant {
+            tenant: ctx.tenant_id,
+            key,
+        }
+    }
+}
+
 /// Facts about the HTTP request that the audit trail records.
 #[derive(Clone, Debug, Default)]
 pub struct RequestMeta {

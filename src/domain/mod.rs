@@ -8,5 +8,6 @@ pub mod demo;
 pub mod events;
 pub mod metrics;
 pub mod page;
+pub mod saved_queries;
 pub mod tenants;
 pub mod users;

@@ -2,5 +2,6 @@
 //! both backends hold the same values.
 
 pub mod audit_log;
+pub mod saved_query;
 pub mod tenant;
 pub mod user;

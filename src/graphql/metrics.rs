@@ -14,7 +14,8 @@ use crate::domain::metrics;
 use crate::domain::metrics::journey;
 use crate::error::AppResult;
 
-#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[derive(Enum, Copy, Clone, Eq, PartialEq, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[graphql(remote = "crate::domain::metrics::plan::Measure")]
 pub enum Measure {
     Count,
@@ -29,7 +30,8 @@ pub enum Measure {
     P99,
 }
 
-#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[derive(Enum, Copy, Clone, Eq, PartialEq, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[graphql(remote = "crate::domain::metrics::Granularity")]
 pub enum Granularity {
     Minute,
@@ -40,7 +42,8 @@ pub enum Granularity {
     Month,
 }
 
-#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[derive(Enum, Copy, Clone, Eq, PartialEq, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[graphql(remote = "crate::domain::metrics::FilterOp")]
 pub enum FilterOp {
     Eq,
@@ -59,7 +62,8 @@ pub enum FilterOp {
 
 /// `type`, `userId`, `sessionId` or `properties.<key>[.<key>…]`, compared
 /// with `value` by `op`; filters combine with AND.
-#[derive(InputObject)]
+#[derive(InputObject, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FilterInput {
     pub field: String,
     pub op: FilterOp,
@@ -67,14 +71,16 @@ pub struct FilterInput {
 }
 
 /// Half-open `{from, to}`, or `{last: "30d"}` (units m, h, d, w) ending now.
-#[derive(InputObject)]
+#[derive(InputObject, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TimeRangeInput {
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
     pub last: Option<String>,
 }
 
-#[derive(InputObject)]
+#[derive(InputObject, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MetricQueryInput {
     pub measure: Measure,
     /// Required for all but COUNT: `userId`, `sessionId` or
@@ -163,13 +169,15 @@ impl From<metrics::MetricResult> for MetricResult {
     }
 }
 
-#[derive(InputObject)]
+#[derive(InputObject, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FunnelStepInput {
     pub event_type: String,
     pub filters: Option<Vec<FilterInput>>,
 }
 
-#[derive(InputObject)]
+#[derive(InputObject, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FunnelInput {
     /// 2 to 10 ordered steps.
     pub steps: Vec<FunnelStepInput>,
@@ -222,7 +230,8 @@ pub struct FunnelResult {
     breakdowns: Vec<FunnelBreakdown>,
 }
 
-#[derive(InputObject)]
+#[derive(InputObject, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RetentionInput {
     /// The event that puts a user in a cohort (its first in range).
     pub start_event: String,
@@ -286,6 +295,101 @@ where
     .await?)
 }
 
+/// `metrics`, for the field and for saved queries and widgets.
+pub(crate) async fn run_metrics(
+    ctx: &Context<'_>,
+    query: MetricQueryInput,
+) -> Result<MetricResult> {
+    let app = state(ctx)?;
+    let query = query.into_domain();
+    let max_span = app.config.analytics.max_range;
+    let result = analytic(ctx, move |app, caller| async move {
+        metrics::run(&app.db, &caller, query, app.config.query_timeout, max_span).await
+    })
+    .await?;
+    app.metrics
+        .record_query(result.source.as_str(), result.db_time);
+    if let Some(log) = ctx.data_opt::<QueryLog>() {
+        log.push(Provenance {
+            path: ctx.path_node.map(|p| p.to_string()).unwrap_or_default(),
+            source: result.source.as_str(),
+            db_ms: result.db_time.as_secs_f64() * 1000.0,
+            skipped_values: result.skipped,
+        });
+    }
+    Ok(result.into())
+}
+
+/// `funnel`, for the field and for saved queries and widgets.
+pub(crate) async fn run_funnel(ctx: &Context<'_>, input: FunnelInput) -> Result<FunnelResult> {
+    let query = journey::FunnelQuery {
+        steps: input
+            .steps
+            .into_iter()
+            .map(|s| journey::FunnelStepQuery {
+                event_type: s.event_type,
+                filters: filters(s.filters),
+            })
+            .collect(),
+        conversion_window: input.conversion_window,
+        from: input.range.from,
+        to: input.range.to,
+        last: input.range.last,
+        timezone: input.timezone,
+        count_by: input.count_by,
+        breakdown: input.breakdown,
+    };
+    let result = analytic(ctx, move |app, caller| async move {
+        journey::funnel(&app.db, &caller, query, app.config.query_timeout).await
+    })
+    .await?;
+    Ok(FunnelResult {
+        steps: result.steps.into_iter().map(Into::into).collect(),
+        breakdowns: result
+            .breakdowns
+            .into_iter()
+            .map(|(value, steps)| FunnelBreakdown {
+                value: Json(value),
+                steps: steps.into_iter().map(Into::into).collect(),
+            })
+            .collect(),
+    })
+}
+
+/// `retention`, for the field and for saved queries and widgets.
+pub(crate) async fn run_retention(
+    ctx: &Context<'_>,
+    input: RetentionInput,
+) -> Result<RetentionResult> {
+    let query = journey::RetentionQuery {
+        start_event: input.start_event,
+        return_event: input.return_event,
+        period: input.period.into(),
+        periods: input.periods,
+        from: input.range.from,
+        to: input.range.to,
+        last: input.range.last,
+        timezone: input.timezone,
+        count_by: input.count_by,
+    };
+    let cohorts = analytic(ctx, move |app, caller| async move {
+        journey::retention(&app.db, &caller, query, app.config.query_timeout).await
+    })
+    .await?;
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    Ok(RetentionResult {
+        cohorts: cohorts
+            .into_iter()
+            .map(|c| RetentionCohort {
+                start: c.start,
+                size: count(c.size),
+                returned: c.returned.into_iter().map(|r| r.map(count)).collect(),
+                rates: c.rates,
+            })
+            .collect(),
+    })
+}
+
 #[derive(Default)]
 pub struct MetricQuery;
 
@@ -297,24 +401,7 @@ impl MetricQuery {
         complexity = "super::METRIC_COST + child_complexity"
     )]
     async fn metrics(&self, ctx: &Context<'_>, query: MetricQueryInput) -> Result<MetricResult> {
-        let app = state(ctx)?;
-        let query = query.into_domain();
-        let max_span = app.config.analytics.max_range;
-        let result = analytic(ctx, move |app, caller| async move {
-            metrics::run(&app.db, &caller, query, app.config.query_timeout, max_span).await
-        })
-        .await?;
-        app.metrics
-            .record_query(result.source.as_str(), result.db_time);
-        if let Some(log) = ctx.data_opt::<QueryLog>() {
-            log.push(Provenance {
-                path: ctx.path_node.map(|p| p.to_string()).unwrap_or_default(),
-                source: result.source.as_str(),
-                db_ms: result.db_time.as_secs_f64() * 1000.0,
-                skipped_values: result.skipped,
-            });
-        }
-        Ok(result.into())
+        run_metrics(ctx, query).await
     }
 
     /// Ordered steps per user (or session) within a conversion window.
@@ -323,38 +410,7 @@ impl MetricQuery {
         complexity = "super::JOURNEY_COST + child_complexity"
     )]
     async fn funnel(&self, ctx: &Context<'_>, input: FunnelInput) -> Result<FunnelResult> {
-        let query = journey::FunnelQuery {
-            steps: input
-                .steps
-                .into_iter()
-                .map(|s| journey::FunnelStepQuery {
-                    event_type: s.event_type,
-                    filters: filters(s.filters),
-                })
-                .collect(),
-            conversion_window: input.conversion_window,
-            from: input.range.from,
-            to: input.range.to,
-            last: input.range.last,
-            timezone: input.timezone,
-            count_by: input.count_by,
-            breakdown: input.breakdown,
-        };
-        let result = analytic(ctx, move |app, caller| async move {
-            journey::funnel(&app.db, &caller, query, app.config.query_timeout).await
-        })
-        .await?;
-        Ok(FunnelResult {
-            steps: result.steps.into_iter().map(Into::into).collect(),
-            breakdowns: result
-                .breakdowns
-                .into_iter()
-                .map(|(value, steps)| FunnelBreakdown {
-                    value: Json(value),
-                    steps: steps.into_iter().map(Into::into).collect(),
-                })
-                .collect(),
-        })
+        run_funnel(ctx, input).await
     }
 
     /// Cohorts by the period of each user's first start event, and the share
@@ -364,32 +420,6 @@ impl MetricQuery {
         complexity = "super::JOURNEY_COST + child_complexity"
     )]
     async fn retention(&self, ctx: &Context<'_>, input: RetentionInput) -> Result<RetentionResult> {
-        let query = journey::RetentionQuery {
-            start_event: input.start_event,
-            return_event: input.return_event,
-            period: input.period.into(),
-            periods: input.periods,
-            from: input.range.from,
-            to: input.range.to,
-            last: input.range.last,
-            timezone: input.timezone,
-            count_by: input.count_by,
-        };
-        let cohorts = analytic(ctx, move |app, caller| async move {
-            journey::retention(&app.db, &caller, query, app.config.query_timeout).await
-        })
-        .await?;
-        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        Ok(RetentionResult {
-            cohorts: cohorts
-                .into_iter()
-                .map(|c| RetentionCohort {
-                    start: c.start,
-                    size: count(c.size),
-                    returned: c.returned.into_iter().map(|r| r.map(count)).collect(),
-                    rates: c.rates,
-                })
-                .collect(),
-        })
+        run_retention(ctx, input).await
     }
 }

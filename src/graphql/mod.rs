@@ -11,8 +11,10 @@ mod budget;
 mod events;
 mod extension;
 mod guard;
+mod loaders;
 mod metrics;
 mod provenance;
+mod saved_queries;
 mod session;
 mod tenants;
 mod users;
@@ -33,6 +35,7 @@ pub struct Query(
     audit::AuditQuery,
     events::EventQuery,
     metrics::MetricQuery,
+    saved_queries::SavedQueryQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -41,6 +44,7 @@ pub struct Mutation(
     users::UserMutation,
     tenants::TenantMutation,
     events::EventMutation,
+    saved_queries::SavedQueryMutation,
 );
 
 pub type PulseSchema = Schema<Query, Mutation, EmptySubscription>;
@@ -64,7 +68,9 @@ pub fn build(state: Option<AppState>, limits: &Limits) -> PulseSchema {
         .extension(ErrorCodes)
         .extension(provenance::QueryProvenance);
     if let Some(state) = state {
-        builder = builder.data(state);
+        builder = builder
+            .data(loaders::UserLoader::new(state.db.clone()))
+            .data(state);
     }
     builder.finish()
 }
