@@ -42,6 +42,11 @@ pub enum AppError {
         message: String,
         retry_after: std::time::Duration,
     },
+    /// Someone saved in between: the client's expected version is stale.
+    #[error(
+        "the dashboard was saved by someone else in the meantime; it is now at version {current}"
+    )]
+    VersionConflict { current: i32 },
     /// A query ran past its statement timeout and was cancelled.
     #[error("{0}")]
     QueryTimeout(String),
@@ -86,6 +91,7 @@ impl AppError {
             AppError::Unavailable(_) => "UNAVAILABLE",
             AppError::RateLimited { .. } => "RATE_LIMITED",
             AppError::QueryTimeout(_) => "QUERY_TIMEOUT",
+            AppError::VersionConflict { .. } => "VERSION_CONFLICT",
             AppError::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -141,6 +147,9 @@ impl ErrorExtensions for AppError {
                 && let Ok(value) = async_graphql::to_value(problems)
             {
                 ext.set("problems", value);
+            }
+            if let AppError::VersionConflict { current } = self {
+                ext.set("currentVersion", *current);
             }
             if let AppError::RateLimited { retry_after, .. } = self {
                 ext.set("retryAfter", retry_after.as_secs_f64().ceil() as u64);

@@ -11,6 +11,7 @@ mod m20261122_000004_enable_row_level_security;
 mod m20261122_000005_create_events;
 mod m20261122_000006_create_analytics_aggregates;
 mod m20261123_000007_create_saved_queries;
+mod m20261123_000008_create_dashboards;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000005_create_events::Migration),
             Box::new(m20261122_000006_create_analytics_aggregates::Migration),
             Box::new(m20261123_000007_create_saved_queries::Migration),
+            Box::new(m20261123_000008_create_dashboards::Migration),
         ]
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod dashboards;
 pub mod demo;
 pub mod events;
 pub mod metrics;

@@ -135,14 +135,19 @@ fn validate_name(raw: &str, at: &str) -> AppResult<String> {
 }
 
 fn validate_parameters(parameters: &[Parameter]) -> AppResult<()> {
+    validate_declarations(parameters, "input.parameters")
+}
+
+/// Checks declarations (names, types, defaults), errors under `prefix`.
+fn validate_declarations(parameters: &[Parameter], prefix: &str) -> AppResult<()> {
     if parameters.len() > MAX_PARAMETERS {
         return Err(AppError::bad_input(
-            "input.parameters",
+            prefix,
             format!("at most {MAX_PARAMETERS} parameters"),
         ));
     }
     for (i, p) in parameters.iter().enumerate() {
-        let at = format!("input.parameters[{i}]");
+        let at = format!("{prefix}[{i}]");
         let valid = p.name.len() <= 64
             && p.name.starts_with(|c: char| c.is_ascii_lowercase())
             && p.name
@@ -273,16 +278,28 @@ pub fn bind(
 
 /// Every placeholder of `definition` is a declared parameter.
 fn all_declared(definition: &Value, declared: &[Parameter]) -> AppResult<()> {
+    undeclared_under(definition, declared, "input.parameters")
+}
+
+fn undeclared_under(definition: &Value, declared: &[Parameter], at: &str) -> AppResult<()> {
     match placeholders(definition)
         .into_iter()
         .find(|name| !declared.iter().any(|p| &p.name == name))
     {
         Some(name) => Err(AppError::bad_input(
-            "input.parameters",
-            format!("the query uses `${name}`, which is not a declared parameter"),
+            at,
+            format!("the query uses `${name}`, which is not declared"),
         )),
         None => Ok(()),
     }
+}
+
+/// Checks declared variables (as parameters: names, types, defaults) and
+/// that every placeholder `uses` holds is one of them; errors under `at`.
+/// Dashboards declare their variables this way.
+pub fn check_declarations(uses: &Value, declared: &[Parameter], at: &str) -> AppResult<()> {
+    validate_declarations(declared, at)?;
+    undeclared_under(uses, declared, at)
 }
 
 fn substitute(v: &Value, declared: &[Parameter], values: &Map<String, Value>) -> Value {

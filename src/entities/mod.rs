@@ -2,6 +2,9 @@
 //! both backends hold the same values.
 
 pub mod audit_log;
+pub mod dashboard;
+pub mod dashboard_permission;
+pub mod dashboard_version;
 pub mod saved_query;
 pub mod tenant;
 pub mod user;

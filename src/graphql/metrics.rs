@@ -118,7 +118,7 @@ impl MetricQueryInput {
     }
 }
 
-#[derive(SimpleObject)]
+#[derive(SimpleObject, Clone)]
 pub struct Point {
     /// The instant the bucket starts.
     bucket: DateTime<Utc>,
@@ -127,7 +127,7 @@ pub struct Point {
     value: Option<f64>,
 }
 
-#[derive(SimpleObject)]
+#[derive(SimpleObject, Clone)]
 pub struct Series {
     /// Dimension → value, e.g. `{"type": "purchase"}`; `{}` without groupBy.
     group: Json<Value>,
@@ -136,7 +136,7 @@ pub struct Series {
     total: Option<f64>,
 }
 
-#[derive(SimpleObject)]
+#[derive(SimpleObject, Clone)]
 pub struct MetricResult {
     series: Vec<Series>,
     /// The measure over the whole range and all groups.
@@ -193,7 +193,7 @@ pub struct FunnelInput {
     pub breakdown: Option<String>,
 }
 
-#[derive(SimpleObject)]
+#[derive(SimpleObject, Clone)]
 pub struct FunnelStep {
     event_type: String,
     /// Users (or sessions) who reached this step.
@@ -216,14 +216,14 @@ impl From<journey::FunnelStep> for FunnelStep {
     }
 }
 
-#[derive(SimpleObject)]
+#[derive(SimpleObject, Clone)]
 pub struct FunnelBreakdown {
     /// The breakdown property's value, or `"__other__"`.
     value: Json<Value>,
     steps: Vec<FunnelStep>,
 }
 
-#[derive(SimpleObject)]
+#[derive(SimpleObject, Clone)]
 pub struct FunnelResult {
     steps: Vec<FunnelStep>,
     /// With `breakdown`: the 20 largest values, then `__other__`.
@@ -247,7 +247,7 @@ pub struct RetentionInput {
     pub count_by: Option<String>,
 }
 
-#[derive(SimpleObject)]
+#[derive(SimpleObject, Clone)]
 pub struct RetentionCohort {
     /// The instant the cohort's period starts.
     start: DateTime<Utc>,
@@ -259,7 +259,7 @@ pub struct RetentionCohort {
     rates: Vec<Option<f64>>,
 }
 
-#[derive(SimpleObject)]
+#[derive(SimpleObject, Clone)]
 pub struct RetentionResult {
     /// One row per cohort: the matrix.
     cohorts: Vec<RetentionCohort>,

@@ -8,6 +8,7 @@
 
 mod audit;
 mod budget;
+mod dashboards;
 mod events;
 mod extension;
 mod guard;
@@ -36,6 +37,7 @@ pub struct Query(
     events::EventQuery,
     metrics::MetricQuery,
     saved_queries::SavedQueryQuery,
+    dashboards::DashboardQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -45,6 +47,7 @@ pub struct Mutation(
     tenants::TenantMutation,
     events::EventMutation,
     saved_queries::SavedQueryMutation,
+    dashboards::DashboardMutation,
 );
 
 pub type PulseSchema = Schema<Query, Mutation, EmptySubscription>;

@@ -101,7 +101,9 @@ impl SavedQueryInput {
         let chosen = [
             self.query.as_ref().map(|q| (Kind::Metric, stored(q))),
             self.funnel.as_ref().map(|q| (Kind::Funnel, stored(q))),
-            self.retention.as_ref().map(|q| (Kind::Retention, stored(q))),
+            self.retention
+                .as_ref()
+                .map(|q| (Kind::Retention, stored(q))),
         ];
         let mut chosen = chosen.into_iter().flatten();
         let (kind, value) = match (chosen.next(), chosen.next()) {
@@ -137,7 +139,7 @@ impl SavedQueryInput {
 /// An input as it is stored: its JSON (serde, which keeps `JSON` scalars
 /// as they were given, unlike `InputType::to_value`) without the absent
 /// fields.
-fn stored(input: &impl serde::Serialize) -> Result<Value, AppError> {
+pub(crate) fn stored(input: &impl serde::Serialize) -> Result<Value, AppError> {
     serde_json::to_value(input)
         .map(strip_nulls)
         .map_err(|e| AppError::internal(anyhow::anyhow!("storing a query: {e}")))
@@ -176,7 +178,7 @@ fn unknown_field(given: &Value, read: &Value, at: &str) -> Option<String> {
 }
 
 /// Reads bound JSON as the input type `T`, strictly (see [`unknown_field`]).
-fn read_as<T: InputType + serde::Serialize>(bound: Value) -> Result<T, AppError> {
+pub(crate) fn read_as<T: InputType + serde::Serialize>(bound: Value) -> Result<T, AppError> {
     let stale = |e: String| {
         AppError::bad_input(
             "savedQuery",
@@ -187,13 +189,16 @@ fn read_as<T: InputType + serde::Serialize>(bound: Value) -> Result<T, AppError>
     let input = T::parse(Some(value))
         .map_err(|e| stale(e.into_server_error(Default::default()).message))?;
     if let Some(field) = unknown_field(&bound, &stored(&input)?, "query") {
-        return Err(stale(format!("`{field}` is not a field of {}", T::type_name())));
+        return Err(stale(format!(
+            "`{field}` is not a field of {}",
+            T::type_name()
+        )));
     }
     Ok(input)
 }
 
-/// What a saved query (and, later, a widget) computes.
-#[derive(Union)]
+/// What a saved query computes.
+#[derive(Union, Clone)]
 pub enum QueryResult {
     Metric(MetricResult),
     Funnel(FunnelResult),
@@ -202,7 +207,7 @@ pub enum QueryResult {
 
 /// A stored query, bound to its parameters' values and read back through
 /// its input type: what a run executes.
-enum Bound {
+pub(crate) enum Bound {
     Metric(MetricQueryInput),
     Funnel(FunnelInput),
     Retention(RetentionInput),
@@ -210,7 +215,7 @@ enum Bound {
 
 /// Binds `supplied` values and reads the result back as the kind's input;
 /// every problem is a `BAD_USER_INPUT`, never an internal error.
-fn bind(
+pub(crate) fn bind(
     saved: &saved_queries::SavedQuery,
     supplied: &Map<String, Value>,
 ) -> Result<Bound, AppError> {

@@ -28,6 +28,7 @@ pub fn error_response(err: AppError) -> Response {
         AppError::Forbidden(_) | AppError::TenantSuspended => StatusCode::FORBIDDEN,
         AppError::BadInput { .. } | AppError::InvalidBatch { .. } => StatusCode::BAD_REQUEST,
         AppError::NotFound(_) => StatusCode::NOT_FOUND,
+        AppError::VersionConflict { .. } => StatusCode::CONFLICT,
         AppError::QuotaExceeded(_) | AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         AppError::QueryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,

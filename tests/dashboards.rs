@@ -1,0 +1,516 @@
+//! Dashboards: widgets that resolve their own data (variables, filters,
+//! range, saved queries, identical queries run once), optimistic
+//! concurrency with kept versions, grants and visibility, audit.
+
+use pulse::auth::Role;
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+const CREATE: &str = "mutation($i: DashboardInput!) { createDashboard(input: $i) {
+    id version myPermission owner { email } widgets { id title kind } } }";
+const GET: &str = "query($id: ID!, $v: JSON) { dashboard(id: $id, variables: $v) {
+    id name version myPermission
+    widgets { title kind data { __typename
+        ... on MetricResult { total series { group total } }
+        ... on FunnelResult { steps { eventType count } } } } } }";
+const UPDATE: &str = "mutation($id: ID!, $i: DashboardInput!, $v: Int!) {
+    updateDashboard(id: $id, input: $i, expectedVersion: $v) { version name } }";
+
+async fn ingest(app: &TestApp, token: &str, events: Value) {
+    let resp = app
+        .http
+        .post(app.url("/v1/events"))
+        .bearer_auth(token)
+        .json(&events)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 202);
+}
+
+async fn seeded() -> (TestApp, TestTenant) {
+    let app = spawn_app().await;
+    let t = app.tenant("dash").await;
+    let mut events = Vec::new();
+    for (campaign, delivered, opened) in [("spring", 4, 2), ("autumn", 2, 1)] {
+        for i in 0..delivered {
+            events.push(
+                json!({ "type": "email.delivered", "userId": format!("u{i}"),
+                                "properties": { "campaign": campaign, "plan": "pro" } }),
+            );
+        }
+        for i in 0..opened {
+            events.push(json!({ "type": "email.opened", "userId": format!("u{i}"),
+                                "properties": { "campaign": campaign, "plan": "free" } }));
+        }
+    }
+    events.push(json!({ "type": "signup", "userId": "u1" }));
+    events.push(json!({ "type": "purchase", "userId": "u1" }));
+    ingest(&app, &app.token(&t, Role::Editor), json!(events)).await;
+    (app, t)
+}
+
+fn count(types: &[&str], extra: Value) -> Value {
+    let mut q = json!({ "measure": "COUNT", "eventTypes": types, "range": { "last": "1d" } });
+    for (k, v) in extra.as_object().expect("extra") {
+        q[k] = v.clone();
+    }
+    q
+}
+
+fn email_dashboard() -> Value {
+    json!({
+        "name": "Email campaigns",
+        "tags": ["email"],
+        "variables": [{ "name": "campaign", "type": "STRING", "default": "spring",
+                        "allowed": ["spring", "autumn"] }],
+        "widgets": [
+            { "title": "Delivered", "kind": "METRIC", "query": count(&["email.delivered"], json!({
+                "filters": [{ "field": "properties.campaign", "op": "EQ", "value": "$campaign" }] })) },
+            { "title": "Delivered again", "kind": "LINE", "query": count(&["email.delivered"], json!({
+                "filters": [{ "field": "properties.campaign", "op": "EQ", "value": "$campaign" }] })) },
+            { "title": "Opens by campaign", "kind": "BAR", "query": count(&["email.opened"], json!({
+                "groupBy": ["properties.campaign"] })) },
+            { "title": "Funnel", "kind": "FUNNEL", "funnel": {
+                "steps": [{ "eventType": "signup" }, { "eventType": "purchase" }],
+                "conversionWindow": "1d", "range": { "last": "1d" } } }
+        ]
+    })
+}
+
+fn metric_queries(text: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("pulse_metric_queries_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn scrape(app: &TestApp) -> String {
+    app.http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+#[tokio::test]
+async fn widgets_resolve_their_data_with_variables_and_identical_queries_run_once() {
+    let (app, t) = seeded().await;
+    let editor = app.token(&t, Role::Editor);
+    let body = app
+        .gql_as(&editor, CREATE, json!({ "i": email_dashboard() }))
+        .await;
+    let created = &data(&body)["createDashboard"];
+    assert_eq!(created["version"], 1);
+    assert_eq!(created["myPermission"], "ADMIN");
+    assert_eq!(
+        created["owner"]["email"],
+        t.user(Role::Editor).email.as_str()
+    );
+    let id = created["id"].clone();
+
+    let before = metric_queries(&scrape(&app).await);
+    let body = app.gql_as(&editor, GET, json!({ "id": id })).await;
+    let widgets = data(&body)["dashboard"]["widgets"]
+        .as_array()
+        .expect("widgets")
+        .clone();
+    // Two identical metric queries and a different one: two metric runs.
+    assert_eq!(metric_queries(&scrape(&app).await) - before, 2.0);
+    assert_eq!(widgets[0]["data"]["total"], 4.0);
+    assert_eq!(widgets[1]["data"]["total"], 4.0);
+    assert_eq!(widgets[2]["data"]["total"], 3.0);
+    assert_eq!(widgets[3]["data"]["__typename"], "FunnelResult");
+    assert_eq!(widgets[3]["data"]["steps"][1]["count"], 1);
+    // The same query through `metrics`.
+    let direct = app
+        .gql_as(
+            &editor,
+            "query($q: MetricQueryInput!) { metrics(query: $q) { total series { group total } } }",
+            json!({ "q": count(&["email.opened"], json!({ "groupBy": ["properties.campaign"] })) }),
+        )
+        .await;
+    assert_eq!(
+        widgets[2]["data"]["series"],
+        data(&direct)["metrics"]["series"]
+    );
+
+    // A viewer's variable value, among the allowed ones.
+    let viewer_choice = app
+        .gql_as(
+            &editor,
+            GET,
+            json!({ "id": id, "v": { "campaign": "autumn" } }),
+        )
+        .await;
+    assert_eq!(
+        data(&viewer_choice)["dashboard"]["widgets"][0]["data"]["total"],
+        2.0
+    );
+    for (v, field) in [
+        (json!({ "campaign": "winter" }), "variables.campaign"),
+        (json!({ "nope": "x" }), "variables.nope"),
+    ] {
+        let body = app.gql_as(&editor, GET, json!({ "id": id, "v": v })).await;
+        assert_code(&body, "BAD_USER_INPUT");
+        assert_eq!(body["errors"][0]["extensions"]["field"], field, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn dashboard_filters_range_and_saved_query_widgets_apply() {
+    let (app, t) = seeded().await;
+    let editor = app.token(&t, Role::Editor);
+    let saved = app
+        .gql_as(
+            &editor,
+            "mutation($i: SavedQueryInput!) { createSavedQuery(input: $i) { id } }",
+            json!({ "i": { "name": "Delivered of", "isPublic": true,
+                "query": count(&["email.delivered"], json!({
+                    "filters": [{ "field": "properties.campaign", "op": "EQ", "value": "$c" }] })),
+                "parameters": [{ "name": "c", "type": "STRING", "default": "spring" }] } }),
+        )
+        .await;
+    let saved_id = data(&saved)["createSavedQuery"]["id"].clone();
+    let input = json!({
+        "name": "Filtered",
+        "variables": [{ "name": "campaign", "type": "STRING", "default": "autumn" }],
+        "filters": [{ "field": "properties.plan", "op": "EQ", "value": "pro" }],
+        "range": { "last": "2d" },
+        "widgets": [
+            { "title": "All events, pro plan", "kind": "METRIC", "query": { "measure": "COUNT", "range": { "last": "1h" } } },
+            { "title": "Saved, bound to the variable", "kind": "TABLE", "savedQueryId": saved_id,
+              "parameters": { "c": "$campaign" } }
+        ]
+    });
+    let id =
+        data(&app.gql_as(&editor, CREATE, json!({ "i": input })).await)["createDashboard"]["id"]
+            .clone();
+    let body = app.gql_as(&editor, GET, json!({ "id": id })).await;
+    let widgets = &data(&body)["dashboard"]["widgets"];
+    // Only delivered events carry plan "pro": 6 of them.
+    assert_eq!(widgets[0]["data"]["total"], 6.0);
+    assert_eq!(widgets[1]["data"]["total"], 2.0);
+}
+
+#[tokio::test]
+async fn saves_need_the_current_version_and_old_versions_can_be_restored() {
+    let (app, t) = seeded().await;
+    let editor = app.token(&t, Role::Editor);
+    let id = data(
+        &app.gql_as(&editor, CREATE, json!({ "i": email_dashboard() }))
+            .await,
+    )["createDashboard"]["id"]
+        .clone();
+    let mut renamed = email_dashboard();
+    renamed["name"] = json!("Renamed");
+    let body = app
+        .gql_as(&editor, UPDATE, json!({ "id": id, "i": renamed, "v": 1 }))
+        .await;
+    assert_eq!(
+        data(&body)["updateDashboard"],
+        json!({ "version": 2, "name": "Renamed" })
+    );
+    // Someone saved in between: the stale save is refused with the version.
+    let mut late = email_dashboard();
+    late["name"] = json!("Late");
+    let body = app
+        .gql_as(&editor, UPDATE, json!({ "id": id, "i": late, "v": 1 }))
+        .await;
+    assert_code(&body, "VERSION_CONFLICT");
+    assert_eq!(body["errors"][0]["extensions"]["currentVersion"], 2);
+
+    let versions = app
+        .gql_as(
+            &editor,
+            "query($id: ID!) { dashboard(id: $id) { versions(first: 10) { edges { node { version snapshot } } } } }",
+            json!({ "id": id }),
+        )
+        .await;
+    let kept: Vec<i64> = data(&versions)["dashboard"]["versions"]["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .filter_map(|e| e["node"]["version"].as_i64())
+        .collect();
+    assert_eq!(kept, [2, 1]);
+    let restored = app
+        .gql_as(
+            &editor,
+            "mutation($id: ID!) { restoreDashboardVersion(id: $id, version: 1) { version name } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(
+        data(&restored)["restoreDashboardVersion"],
+        json!({ "version": 3, "name": "Email campaigns" })
+    );
+    let body = app
+        .gql_as(
+            &editor,
+            "mutation($id: ID!) { restoreDashboardVersion(id: $id, version: 99) { version } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_code(&body, "BAD_USER_INPUT");
+
+    let published = app
+        .gql_as(
+            &editor,
+            "mutation($id: ID!) { publishDashboard(id: $id) { publishedAt } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert!(data(&published)["publishDashboard"]["publishedAt"].is_string());
+    let copy = app
+        .gql_as(
+            &editor,
+            "mutation($id: ID!) { duplicateDashboard(id: $id) { id name version isPublic } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(
+        data(&copy)["duplicateDashboard"]["name"],
+        "Copy of Email campaigns"
+    );
+    assert_eq!(data(&copy)["duplicateDashboard"]["version"], 1);
+
+    let admin = app.token(&t, Role::Admin);
+    let audit = app
+        .gql_as(
+            &admin,
+            "{ auditLog(first: 20, filter: { resourceType: \"dashboard\" }) { edges { node { action before after } } } }",
+            json!({}),
+        )
+        .await;
+    let actions: Vec<&str> = data(&audit)["auditLog"]["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .filter_map(|e| e["node"]["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "dashboard.create",
+            "dashboard.publish",
+            "dashboard.restore",
+            "dashboard.update",
+            "dashboard.create"
+        ]
+    );
+    let update = &data(&audit)["auditLog"]["edges"][3]["node"];
+    assert_eq!(update["before"]["name"], "Email campaigns");
+    assert_eq!(update["after"]["name"], "Renamed");
+}
+
+#[tokio::test]
+async fn private_by_default_grants_bounded_by_role_and_invisible_across_tenants() {
+    let (app, t) = seeded().await;
+    let other = app.tenant("dash-other").await;
+    let owner = app.token(&t, Role::Editor);
+    let id = data(
+        &app.gql_as(&owner, CREATE, json!({ "i": email_dashboard() }))
+            .await,
+    )["createDashboard"]["id"]
+        .clone();
+    let viewer = app.token(&t, Role::Viewer);
+    let admin = app.token(&t, Role::Admin);
+    let stranger = app.token(&other, Role::SuperAdmin);
+    let sees = |token: &str| {
+        let (app, token, id) = (&app, token.to_owned(), id.clone());
+        async move {
+            let body = app
+                .gql_as(
+                    &token,
+                    "query($id: ID!) { dashboard(id: $id) { myPermission } }",
+                    json!({ "id": id }),
+                )
+                .await;
+            data(&body)["dashboard"]["myPermission"]
+                .as_str()
+                .map(str::to_owned)
+        }
+    };
+    assert_eq!(sees(&viewer).await, None);
+    assert_eq!(sees(&admin).await.as_deref(), Some("ADMIN"));
+    assert_eq!(sees(&stranger).await, None);
+
+    let share = "mutation($id: ID!, $e: String!, $p: DashboardPermission!) {
+        shareDashboard(id: $id, userEmail: $e, permission: $p) { id } }";
+    let viewer_email = t.user(Role::Viewer).email.clone();
+    data(
+        &app.gql_as(
+            &owner,
+            share,
+            json!({ "id": id, "e": viewer_email, "p": "EDIT" }),
+        )
+        .await,
+    );
+    // The role bounds the grant: the VIEWER views.
+    assert_eq!(sees(&viewer).await.as_deref(), Some("VIEW"));
+    assert_code(
+        &app.gql_as(
+            &viewer,
+            UPDATE,
+            json!({ "id": id, "i": email_dashboard(), "v": 1 }),
+        )
+        .await,
+        "FORBIDDEN",
+    );
+    // Another editor granted EDIT edits, but cannot share or delete.
+    let colleague = app
+        .state
+        .keys
+        .mint(
+            &t.user(Role::SuperAdmin).id.to_string(),
+            &t.slug,
+            Role::Editor,
+            std::time::Duration::from_secs(600),
+        )
+        .expect("mint");
+    assert_eq!(sees(&colleague).await, None);
+    let colleague_email = t.user(Role::SuperAdmin).email.clone();
+    data(
+        &app.gql_as(
+            &owner,
+            share,
+            json!({ "id": id, "e": colleague_email, "p": "EDIT" }),
+        )
+        .await,
+    );
+    assert_eq!(sees(&colleague).await.as_deref(), Some("EDIT"));
+    data(
+        &app.gql_as(
+            &colleague,
+            UPDATE,
+            json!({ "id": id, "i": email_dashboard(), "v": 1 }),
+        )
+        .await,
+    );
+    assert_code(
+        &app.gql_as(
+            &colleague,
+            share,
+            json!({ "id": id, "e": viewer_email, "p": "VIEW" }),
+        )
+        .await,
+        "FORBIDDEN",
+    );
+    let delete = "mutation($id: ID!) { deleteDashboard(id: $id) }";
+    assert_code(
+        &app.gql_as(&colleague, delete, json!({ "id": id })).await,
+        "FORBIDDEN",
+    );
+    // Another tenant's id is as if absent, for every mutation too.
+    assert_code(
+        &app.gql_as(
+            &stranger,
+            UPDATE,
+            json!({ "id": id, "i": email_dashboard(), "v": 2 }),
+        )
+        .await,
+        "NOT_FOUND",
+    );
+    assert_eq!(
+        data(&app.gql_as(&stranger, delete, json!({ "id": id })).await)["deleteDashboard"],
+        false
+    );
+    // Public: every member views.
+    let mut public = email_dashboard();
+    public["isPublic"] = json!(true);
+    let public_id =
+        data(&app.gql_as(&owner, CREATE, json!({ "i": public })).await)["createDashboard"]["id"]
+            .clone();
+    let body = app
+        .gql_as(
+            &viewer,
+            "query($id: ID!) { dashboard(id: $id) { myPermission } }",
+            json!({ "id": public_id }),
+        )
+        .await;
+    assert_eq!(data(&body)["dashboard"]["myPermission"], "VIEW");
+    let listed = app
+        .gql_as(
+            &viewer,
+            "{ dashboards(first: 50) { edges { node { id } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        data(&listed)["dashboards"]["edges"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    let listed = app
+        .gql_as(
+            &stranger,
+            "{ dashboards(first: 50) { edges { node { id } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        data(&listed)["dashboards"]["edges"]
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+    assert_eq!(
+        data(&app.gql_as(&owner, delete, json!({ "id": id })).await)["deleteDashboard"],
+        true
+    );
+    assert_eq!(sees(&admin).await, None);
+}
+
+#[tokio::test]
+async fn bad_dashboards_are_refused_naming_the_field() {
+    let (app, t) = seeded().await;
+    let editor = app.token(&t, Role::Editor);
+    let with = |patch: Value| {
+        let mut input = email_dashboard();
+        for (k, v) in patch.as_object().expect("patch") {
+            input[k] = v.clone();
+        }
+        input
+    };
+    for (input, field) in [
+        (with(json!({ "name": "" })), "input.name"),
+        (with(json!({ "tags": ["ok", ""] })), "input.tags[1]"),
+        (
+            with(json!({ "refreshInterval": 1 })),
+            "input.refreshInterval",
+        ),
+        (
+            with(
+                json!({ "widgets": [{ "title": "x", "kind": "FUNNEL", "query": count(&["a"], json!({})) }] }),
+            ),
+            "input.widgets[0].kind",
+        ),
+        (
+            with(json!({ "widgets": [{ "title": "x", "kind": "LINE" }] })),
+            "input.widgets[0]",
+        ),
+        (
+            with(
+                json!({ "widgets": [{ "title": "", "kind": "LINE", "query": count(&["a"], json!({})) }] }),
+            ),
+            "input.widgets[0].title",
+        ),
+        (with(json!({ "variables": [] })), "input.variables"),
+    ] {
+        let body = app.gql_as(&editor, CREATE, json!({ "i": input })).await;
+        assert_code(&body, "BAD_USER_INPUT");
+        assert_eq!(body["errors"][0]["extensions"]["field"], field, "{body}");
+    }
+    let viewer = app.token(&t, Role::Viewer);
+    assert_code(
+        &app.gql_as(&viewer, CREATE, json!({ "i": email_dashboard() }))
+            .await,
+        "FORBIDDEN",
+    );
+}
