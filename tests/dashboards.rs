@@ -514,3 +514,129 @@ async fn bad_dashboards_are_refused_naming_the_field() {
         "FORBIDDEN",
     );
 }
+
+#[tokio::test]
+async fn share_links_open_read_only_with_locked_variables_until_revoked_or_expired() {
+    let (app, t) = seeded().await;
+    let other = app.tenant("dash-links").await;
+    let owner = app.token(&t, Role::Editor);
+    let id = data(
+        &app.gql_as(&owner, CREATE, json!({ "i": email_dashboard() }))
+            .await,
+    )["createDashboard"]["id"]
+        .clone();
+    let create = "mutation($id: ID!, $e: String!, $l: JSON) {
+        createShareLink(dashboardId: $id, expiresIn: $e, lockedVariables: $l) { token link { id expiresAt lockedVariables } } }";
+    let body = app
+        .gql_as(
+            &owner,
+            create,
+            json!({ "id": id, "e": "7d", "l": { "campaign": "autumn" } }),
+        )
+        .await;
+    let token = data(&body)["createShareLink"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let link_id = data(&body)["createShareLink"]["link"]["id"].clone();
+    let shared = "query($t: String!) { sharedDashboard(token: $t) { name myPermission
+        widgets { title data { ... on MetricResult { total } } } } }";
+    // No login: the locked value, read-only.
+    let body = app.gql_anonymous(shared, json!({ "t": token })).await;
+    let board = &data(&body)["sharedDashboard"];
+    assert_eq!(board["myPermission"], "VIEW");
+    assert_eq!(board["widgets"][0]["data"]["total"], 2.0);
+    // The viewer cannot widen it: no variables, no grants, no versions.
+    let widen = app
+        .gql_anonymous(
+            "query($t: String!) { sharedDashboard(token: $t, variables: { campaign: \"spring\" }) { name } }",
+            json!({ "t": token }),
+        )
+        .await;
+    assert_code(&widen, "GRAPHQL_VALIDATION_FAILED");
+    for field in [
+        "versions { edges { cursor } }",
+        "permissions { permission }",
+        "shareLinks { id }",
+    ] {
+        let body = app
+            .gql_anonymous(
+                &format!("query($t: String!) {{ sharedDashboard(token: $t) {{ {field} }} }}"),
+                json!({ "t": token }),
+            )
+            .await;
+        assert_code(&body, "FORBIDDEN");
+    }
+    // Tampered, or a different kind of token: refused, said clearly.
+    let mut tampered = token.clone();
+    let last = tampered.pop().expect("char");
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    for bad in [tampered.as_str(), owner.as_str(), "not-a-token"] {
+        let body = app.gql_anonymous(shared, json!({ "t": bad })).await;
+        assert_code(&body, "UNAUTHENTICATED");
+        assert_eq!(body["errors"][0]["message"], "invalid share link");
+    }
+    assert_code(
+        &app.gql_as(&token, "{ me { role } }", json!({})).await,
+        "UNAUTHENTICATED",
+    );
+
+    // SHARE is needed to make, list and revoke links.
+    let viewer = app.token(&t, Role::Viewer);
+    assert_code(
+        &app.gql_as(&viewer, create, json!({ "id": id, "e": "1d" }))
+            .await,
+        "FORBIDDEN",
+    );
+    let bad_lock = app
+        .gql_as(
+            &owner,
+            create,
+            json!({ "id": id, "e": "1d", "l": { "nope": 1 } }),
+        )
+        .await;
+    assert_eq!(
+        bad_lock["errors"][0]["extensions"]["field"],
+        "lockedVariables.nope"
+    );
+    let too_long = app
+        .gql_as(&owner, create, json!({ "id": id, "e": "400d" }))
+        .await;
+    assert_eq!(too_long["errors"][0]["extensions"]["field"], "expiresIn");
+    let listed = app
+        .gql_as(
+            &owner,
+            "query($id: ID!) { dashboard(id: $id) { shareLinks { id revokedAt } } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(data(&listed)["dashboard"]["shareLinks"][0]["id"], link_id);
+    let revoke = "mutation($id: ID!) { revokeShareLink(id: $id) }";
+    let stranger = app.token(&other, Role::Admin);
+    assert_eq!(
+        data(
+            &app.gql_as(&stranger, revoke, json!({ "id": link_id }))
+                .await
+        )["revokeShareLink"],
+        false
+    );
+    assert_eq!(
+        data(&app.gql_as(&owner, revoke, json!({ "id": link_id })).await)["revokeShareLink"],
+        true
+    );
+    let body = app.gql_anonymous(shared, json!({ "t": token })).await;
+    assert_eq!(body["errors"][0]["message"], "share link revoked");
+
+    // Expiry.
+    let body = app
+        .gql_as(&owner, create, json!({ "id": id, "e": "1s" }))
+        .await;
+    let short = data(&body)["createShareLink"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let body = app.gql_anonymous(shared, json!({ "t": short })).await;
+    assert_code(&body, "UNAUTHENTICATED");
+    assert_eq!(body["errors"][0]["message"], "share link expired");
+}

@@ -12,6 +12,7 @@ mod m20261122_000005_create_events;
 mod m20261122_000006_create_analytics_aggregates;
 mod m20261123_000007_create_saved_queries;
 mod m20261123_000008_create_dashboards;
+mod m20261123_000009_create_share_links;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000006_create_analytics_aggregates::Migration),
             Box::new(m20261123_000007_create_saved_queries::Migration),
             Box::new(m20261123_000008_create_dashboards::Migration),
+            Box::new(m20261123_000009_create_share_links::Migration),
         ]
     }
 }

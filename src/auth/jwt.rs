@@ -36,6 +36,19 @@ pub struct Claims {
     pub aud: Option<String>,
 }
 
+/// A dashboard share link's token: read-only access to one dashboard of one
+/// tenant, until `exp` or until the link is revoked (checked against the
+/// database on every use). Signed with a key of its own, so neither kind
+/// of token can pass for the other.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShareClaims {
+    /// `share:<link id>`.
+    pub sub: String,
+    pub tenant: String,
+    pub dashboard: String,
+    pub exp: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("token expired")]
@@ -49,6 +62,8 @@ pub enum TokenError {
 pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    share_encoding: EncodingKey,
+    share_decoding: DecodingKey,
     validation: Validation,
     issuer: Option<String>,
     audience: Option<String>,
@@ -76,9 +91,12 @@ impl JwtKeys {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
+        let share_secret = [secret, b"|pulse-share-links"].concat();
         JwtKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
+            share_encoding: EncodingKey::from_secret(&share_secret),
+            share_decoding: DecodingKey::from_secret(&share_secret),
             validation,
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
@@ -108,6 +126,26 @@ impl JwtKeys {
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })
+    }
+}
+
+impl JwtKeys {
+    pub fn mint_share(&self, claims: &ShareClaims) -> Result<String, jsonwebtoken::errors::Error> {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.share_encoding)
+    }
+
+    pub fn verify_share(&self, token: &str) -> Result<ShareClaims, TokenError> {
+        use jsonwebtoken::errors::ErrorKind;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        jsonwebtoken::decode::<ShareClaims>(token, &self.share_decoding, &validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,

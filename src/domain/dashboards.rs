@@ -22,7 +22,7 @@ use super::audit::{self, Actor, Change};
 use super::page::{Page, PageRequest};
 use crate::auth::{RequestMeta, Role, TenantCtx};
 use crate::db::scoped;
-use crate::entities::{dashboard, dashboard_permission, dashboard_version, user};
+use crate::entities::{dashboard, dashboard_permission, dashboard_version, share_link, user};
 use crate::error::{AppError, AppResult};
 
 /// What a grant allows, from least to most.
@@ -803,6 +803,236 @@ pub async fn grants(
     let caller = ctx.clone();
     scoped(db, ctx, move |txn| {
         Box::pin(async move { grants_of(txn, caller.tenant_id, vec![id]).await })
+    })
+    .await
+}
+
+/// The most a share link may live.
+pub const MAX_LINK_LIFETIME: std::time::Duration = std::time::Duration::from_secs(366 * 86_400);
+
+/// Creates a share link to a dashboard (needs `SHARE`), locking
+/// `locked` variable values; returns the link and its signed token.
+pub async fn create_link(
+    db: &DatabaseConnection,
+    ctx: &TenantCtx,
+    keys: &crate::auth::jwt::JwtKeys,
+    meta: &RequestMeta,
+    id: Uuid,
+    expires_in: std::time::Duration,
+    locked: serde_json::Map<String, Value>,
+) -> AppResult<(share_link::Model, String)> {
+    require_editor(ctx)?;
+    if expires_in > MAX_LINK_LIFETIME {
+        return Err(AppError::bad_input("expiresIn", "at most 366 days"));
+    }
+    let (caller, meta) = (ctx.clone(), meta.clone());
+    let link = scoped(db, ctx, move |txn| {
+        Box::pin(async move {
+            let found = load_for(txn, &caller, id, Permission::Share).await?;
+            let declared: Vec<Value> = found
+                .model
+                .variables
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for name in locked.keys() {
+                if !declared
+                    .iter()
+                    .any(|v| v.get("name").and_then(Value::as_str) == Some(name))
+                {
+                    return Err(AppError::bad_input(
+                        format!("lockedVariables.{name}"),
+                        "is not a variable of this dashboard",
+                    ));
+                }
+            }
+            let now = Utc::now();
+            let expires = now
+                + chrono::Duration::from_std(expires_in)
+                    .map_err(|_| AppError::bad_input("expiresIn", "too long"))?;
+            let link = share_link::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                tenant_id: Set(caller.tenant_id),
+                dashboard_id: Set(id),
+                locked_variables: Set(Value::Object(locked)),
+                expires_at: Set(expires),
+                revoked_at: Set(None),
+                created_by: Set(caller.user_id),
+                actor: Set(caller.actor.clone()),
+                created_at: Set(now),
+            }
+            .insert(txn)
+            .await?;
+            record(
+                txn,
+                &caller,
+                &meta,
+                "dashboard.link.create",
+                id,
+                None,
+                Some(json!({ "linkId": link.id, "expiresAt": link.expires_at,
+                             "lockedVariables": link.locked_variables })),
+            )
+            .await?;
+            Ok(link)
+        })
+    })
+    .await?;
+    let token = keys
+        .mint_share(&crate::auth::jwt::ShareClaims {
+            sub: format!("share:{}", link.id),
+            tenant: ctx.tenant_slug.clone(),
+            dashboard: id.to_string(),
+            exp: u64::try_from(link.expires_at.timestamp()).unwrap_or(0),
+        })
+        .map_err(AppError::internal)?;
+    Ok((link, token))
+}
+
+/// The links of a dashboard (needs `SHARE`), newest first.
+pub async fn links(
+    db: &DatabaseConnection,
+    ctx: &TenantCtx,
+    id: Uuid,
+) -> AppResult<Vec<share_link::Model>> {
+    let caller = ctx.clone();
+    scoped(db, ctx, move |txn| {
+        Box::pin(async move {
+            load_for(txn, &caller, id, Permission::Share).await?;
+            Ok(share_link::Entity::find()
+                .filter(share_link::Column::TenantId.eq(caller.tenant_id))
+                .filter(share_link::Column::DashboardId.eq(id))
+                .order_by_desc(share_link::Column::Id)
+                .all(txn)
+                .await?)
+        })
+    })
+    .await
+}
+
+/// Revokes a link (needs `SHARE` on its dashboard); false when unknown.
+pub async fn revoke_link(
+    db: &DatabaseConnection,
+    ctx: &TenantCtx,
+    meta: &RequestMeta,
+    link_id: Uuid,
+) -> AppResult<bool> {
+    require_editor(ctx)?;
+    let (caller, meta) = (ctx.clone(), meta.clone());
+    scoped(db, ctx, move |txn| {
+        Box::pin(async move {
+            let Some(link) = share_link::Entity::find_by_id(link_id)
+                .filter(share_link::Column::TenantId.eq(caller.tenant_id))
+                .one(txn)
+                .await?
+            else {
+                return Ok(false);
+            };
+            match load(txn, &caller, link.dashboard_id).await? {
+                None => return Ok(false),
+                Some(d) if d.access < Permission::Share => {
+                    return Err(AppError::Forbidden(
+                        "needs SHARE permission on this dashboard".into(),
+                    ));
+                }
+                Some(_) => {}
+            }
+            if link.revoked_at.is_none() {
+                let dashboard = link.dashboard_id;
+                let mut active: share_link::ActiveModel = link.into();
+                active.revoked_at = Set(Some(Utc::now()));
+                active.update(txn).await?;
+                record(
+                    txn,
+                    &caller,
+                    &meta,
+                    "dashboard.link.revoke",
+                    dashboard,
+                    Some(json!({ "linkId": link_id })),
+                    None,
+                )
+                .await?;
+            }
+            Ok(true)
+        })
+    })
+    .await
+}
+
+/// Why a share link does not open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkRefusal {
+    Invalid,
+    Expired,
+    Revoked,
+}
+
+/// Opens a verified share link: the dashboard it names, the identity its
+/// widgets run as (read-only, in the link's tenant, audited as
+/// `share:<link id>`), and its locked variables. A named system path: the
+/// tenant comes from the signed token, not from a caller.
+pub async fn open_link(
+    db: &DatabaseConnection,
+    claims: &crate::auth::jwt::ShareClaims,
+) -> AppResult<Result<(Dashboard, TenantCtx, serde_json::Map<String, Value>), LinkRefusal>> {
+    let parsed = claims
+        .sub
+        .strip_prefix("share:")
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .zip(Uuid::parse_str(&claims.dashboard).ok());
+    let Some((link_id, dashboard_id)) = parsed else {
+        return Ok(Err(LinkRefusal::Invalid));
+    };
+    let Some(tenant) = super::tenants::by_slug(db, &claims.tenant).await? else {
+        return Ok(Err(LinkRefusal::Invalid));
+    };
+    if !tenant.status.is_usable() {
+        return Err(AppError::TenantSuspended);
+    }
+    let viewer = TenantCtx {
+        tenant_id: tenant.id,
+        tenant_slug: tenant.slug,
+        user_id: None,
+        actor: format!("share:{link_id}"),
+        role: Role::Viewer,
+    };
+    let reader = viewer.clone();
+    scoped(db, &viewer, move |txn| {
+        Box::pin(async move {
+            let Some(link) = share_link::Entity::find_by_id(link_id)
+                .filter(share_link::Column::TenantId.eq(reader.tenant_id))
+                .filter(share_link::Column::DashboardId.eq(dashboard_id))
+                .one(txn)
+                .await?
+            else {
+                return Ok(Err(LinkRefusal::Invalid));
+            };
+            if link.revoked_at.is_some() {
+                return Ok(Err(LinkRefusal::Revoked));
+            }
+            if link.expires_at <= Utc::now() {
+                return Ok(Err(LinkRefusal::Expired));
+            }
+            let Some(model) = dashboard::Entity::find_by_id(dashboard_id)
+                .filter(dashboard::Column::TenantId.eq(reader.tenant_id))
+                .one(txn)
+                .await?
+            else {
+                return Ok(Err(LinkRefusal::Invalid));
+            };
+            let locked = match link.locked_variables {
+                Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            };
+            Ok(Ok((
+                Dashboard {
+                    model,
+                    access: Permission::View,
+                },
+                reader,
+                locked,
+            )))
+        })
     })
     .await
 }

@@ -6,5 +6,6 @@ pub mod dashboard;
 pub mod dashboard_permission;
 pub mod dashboard_version;
 pub mod saved_query;
+pub mod share_link;
 pub mod tenant;
 pub mod user;

@@ -26,11 +26,11 @@ use super::metrics::{
 };
 use super::saved_queries::{self as saved, Bound, ParamTypeValue, read_as, stored};
 use super::users::{User, parse_id};
-use crate::auth::{InTenant, Role};
-use crate::domain::dashboards::{self, DashboardInput as Input, Permission};
+use crate::auth::{InTenant, Role, TenantCtx};
+use crate::domain::dashboards::{self, DashboardInput as Input, LinkRefusal, Permission};
 use crate::domain::page::{PageRequest, encode_cursor};
 use crate::domain::saved_queries::{self as saved_domain, Parameter};
-use crate::entities::{dashboard_permission, dashboard_version};
+use crate::entities::{dashboard_permission, dashboard_version, share_link};
 use crate::error::AppError;
 
 #[derive(Enum, Copy, Clone, Debug, Eq, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -291,6 +291,38 @@ pub struct DashboardGrant {
     granted_at: DateTime<Utc>,
 }
 
+/// A read-only link to a dashboard, until it expires or is revoked.
+#[derive(SimpleObject)]
+pub struct ShareLink {
+    id: ID,
+    /// The variable values a viewer of the link cannot change.
+    locked_variables: Json<Value>,
+    expires_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+    /// Who created it.
+    actor: String,
+    created_at: DateTime<Utc>,
+}
+
+fn link(l: share_link::Model) -> ShareLink {
+    ShareLink {
+        id: ID(l.id.to_string()),
+        locked_variables: Json(l.locked_variables),
+        expires_at: l.expires_at,
+        revoked_at: l.revoked_at,
+        actor: l.actor,
+        created_at: l.created_at,
+    }
+}
+
+/// A new share link and its token (shown once: only its signature is
+/// checked later, the token is not stored).
+#[derive(SimpleObject)]
+pub struct ShareLinkPayload {
+    token: String,
+    link: ShareLink,
+}
+
 #[derive(SimpleObject)]
 pub struct DashboardVersion {
     version: i32,
@@ -302,8 +334,13 @@ pub struct DashboardVersion {
 
 pub struct Dashboard {
     inner: dashboards::Dashboard,
-    /// The viewer's variable values for this request.
+    /// The viewer's variable values for this request (a share link's
+    /// locked values).
     variables: Map<String, Value>,
+    /// Set when seen through a share link: who the widgets' queries run as
+    /// (the link, read-only, in the dashboard's tenant); `None`: the
+    /// request's caller.
+    shared: Option<TenantCtx>,
 }
 
 #[Object]
@@ -379,8 +416,15 @@ impl Dashboard {
     }
     /// Who holds a grant on this dashboard.
     async fn permissions(&self, ctx: &Context<'_>) -> Result<Vec<DashboardGrant>> {
+        self.not_shared()?;
         let grants = dashboards::grants(&state(ctx)?.db, tenant(ctx)?, self.inner.model.id).await?;
         Ok(grants.into_iter().map(grant).collect())
+    }
+    /// The dashboard's share links (SHARE permission).
+    async fn share_links(&self, ctx: &Context<'_>) -> Result<Vec<ShareLink>> {
+        self.not_shared()?;
+        let links = dashboards::links(&state(ctx)?.db, tenant(ctx)?, self.inner.model.id).await?;
+        Ok(links.into_iter().map(link).collect())
     }
     /// Kept versions, newest first.
     #[graphql(complexity = "super::page_complexity(first, child_complexity)")]
@@ -390,6 +434,7 @@ impl Dashboard {
         first: Option<i32>,
         after: Option<String>,
     ) -> Result<Connection<String, DashboardVersion>> {
+        self.not_shared()?;
         let page = PageRequest::new(first, after.as_deref())?;
         let found =
             dashboards::versions(&state(ctx)?.db, tenant(ctx)?, self.inner.model.id, page).await?;
@@ -429,7 +474,9 @@ impl Dashboard {
                 runs.push(&b.1);
             }
         }
-        let answers = futures_util::future::join_all(runs.into_iter().map(|b| run(ctx, b))).await;
+        let caller = self.caller(ctx)?;
+        let answers =
+            futures_util::future::join_all(runs.into_iter().map(|b| run(ctx, &caller, b))).await;
         Ok(stored
             .into_iter()
             .zip(bound)
@@ -462,17 +509,43 @@ fn version(v: dashboard_version::Model) -> DashboardVersion {
     }
 }
 
-async fn run(ctx: &Context<'_>, bound: &Bound) -> Result<WidgetData, async_graphql::Error> {
+async fn run(
+    ctx: &Context<'_>,
+    caller: &TenantCtx,
+    bound: &Bound,
+) -> Result<WidgetData, async_graphql::Error> {
+    // Each distinct query runs once; `read_as(stored(..))` is its copy.
     Ok(match bound {
-        Bound::Metric(q) => WidgetData::Metric(run_metrics(ctx, read_as(stored(q)?)?).await?),
-        Bound::Funnel(q) => WidgetData::Funnel(run_funnel(ctx, read_as(stored(q)?)?).await?),
+        Bound::Metric(q) => {
+            WidgetData::Metric(run_metrics(ctx, caller, read_as(stored(q)?)?).await?)
+        }
+        Bound::Funnel(q) => {
+            WidgetData::Funnel(run_funnel(ctx, caller, read_as(stored(q)?)?).await?)
+        }
         Bound::Retention(q) => {
-            WidgetData::Retention(run_retention(ctx, read_as(stored(q)?)?).await?)
+            WidgetData::Retention(run_retention(ctx, caller, read_as(stored(q)?)?).await?)
         }
     })
 }
 
 impl Dashboard {
+    fn caller(&self, ctx: &Context<'_>) -> Result<TenantCtx, AppError> {
+        match &self.shared {
+            Some(link) => Ok(link.clone()),
+            None => Ok(tenant(ctx).map_err(gql_internal)?.clone()),
+        }
+    }
+
+    /// Grants, versions and links are not for a share link's viewers.
+    fn not_shared(&self) -> Result<(), AppError> {
+        match self.shared {
+            Some(_) => Err(AppError::Forbidden(
+                "not available through a share link".into(),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The variables' declarations and this request's values (checked
     /// against `allowed`).
     fn variable_values(&self) -> Result<(Vec<Parameter>, Map<String, Value>), AppError> {
@@ -609,6 +682,7 @@ impl DashboardQuery {
                 Dashboard {
                     inner: d,
                     variables: Map::new(),
+                    shared: None,
                 },
             )
         }));
@@ -637,7 +711,11 @@ impl DashboardQuery {
         };
         Ok(dashboards::find(&state(ctx)?.db, tenant(ctx)?, id)
             .await?
-            .map(|inner| Dashboard { inner, variables }))
+            .map(|inner| Dashboard {
+                inner,
+                variables,
+                shared: None,
+            }))
     }
 }
 
@@ -645,6 +723,48 @@ fn plain(inner: dashboards::Dashboard) -> Dashboard {
     Dashboard {
         inner,
         variables: Map::new(),
+        shared: None,
+    }
+}
+
+/// Opens a share link's dashboard, or says why not (`UNAUTHENTICATED`:
+/// invalid or tampered, expired, revoked).
+async fn open_shared(ctx: &Context<'_>, token: &str) -> Result<Dashboard, AppError> {
+    let app = state(ctx).map_err(gql_internal)?;
+    let claims = app.keys.verify_share(token.trim()).map_err(|e| match e {
+        crate::auth::jwt::TokenError::Expired => {
+            AppError::Unauthenticated("share link expired".into())
+        }
+        crate::auth::jwt::TokenError::Invalid => {
+            AppError::Unauthenticated("invalid share link".into())
+        }
+    })?;
+    match dashboards::open_link(&app.db, &claims).await? {
+        Ok((inner, viewer, locked)) => Ok(Dashboard {
+            inner,
+            variables: locked,
+            shared: Some(viewer),
+        }),
+        Err(refusal) => Err(AppError::Unauthenticated(
+            match refusal {
+                LinkRefusal::Invalid => "invalid share link",
+                LinkRefusal::Expired => "share link expired",
+                LinkRefusal::Revoked => "share link revoked",
+            }
+            .into(),
+        )),
+    }
+}
+
+#[derive(Default)]
+pub struct SharedDashboardQuery;
+
+#[Object]
+impl SharedDashboardQuery {
+    /// A dashboard through its share link: no login needed, read-only, the
+    /// link's locked variable values and no others.
+    async fn shared_dashboard(&self, ctx: &Context<'_>, token: String) -> Result<Dashboard> {
+        Ok(open_shared(ctx, &token).await?)
     }
 }
 
@@ -746,6 +866,55 @@ impl DashboardMutation {
         Ok(plain(
             dashboards::duplicate(&state(ctx)?.db, tenant(ctx)?, meta(ctx), id, name).await?,
         ))
+    }
+
+    /// A read-only link to the dashboard (SHARE permission) for `expiresIn`
+    /// (`"7d"`, at most 366 days), with `lockedVariables` fixed for its
+    /// viewers.
+    #[graphql(guard = "RoleGuard::new(Role::Editor)")]
+    async fn create_share_link(
+        &self,
+        ctx: &Context<'_>,
+        dashboard_id: ID,
+        expires_in: String,
+        locked_variables: Option<Json<Value>>,
+    ) -> Result<ShareLinkPayload> {
+        let id = parse_id("dashboardId", &dashboard_id)?;
+        let expires_in =
+            crate::duration::parse(&expires_in).map_err(|e| AppError::bad_input("expiresIn", e))?;
+        let locked = match locked_variables {
+            None => Map::new(),
+            Some(Json(Value::Object(map))) => map,
+            Some(_) => {
+                return Err(
+                    AppError::bad_input("lockedVariables", "an object of name → value").into(),
+                );
+            }
+        };
+        let app = state(ctx)?;
+        let (created, token) = dashboards::create_link(
+            &app.db,
+            tenant(ctx)?,
+            &app.keys,
+            meta(ctx),
+            id,
+            expires_in,
+            locked,
+        )
+        .await?;
+        Ok(ShareLinkPayload {
+            token,
+            link: link(created),
+        })
+    }
+
+    /// Revokes a share link (SHARE permission on its dashboard).
+    #[graphql(guard = "RoleGuard::new(Role::Editor)")]
+    async fn revoke_share_link(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+        let Ok(id) = parse_id("id", &id) else {
+            return Ok(false);
+        };
+        Ok(dashboards::revoke_link(&state(ctx)?.db, tenant(ctx)?, meta(ctx), id).await?)
     }
 
     /// Makes an earlier version the newest one (a new version).

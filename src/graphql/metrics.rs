@@ -278,14 +278,14 @@ fn filters(input: Option<Vec<FilterInput>>) -> Vec<(String, metrics::FilterOp, O
 /// detached task holding that place, so that neither a vanished client
 /// (its read transaction always ends properly, see `db`) nor a flood of
 /// cancelled requests gets past the limit.
-async fn analytic<T, F, Fut>(ctx: &Context<'_>, work: F) -> Result<T>
+async fn analytic<T, F, Fut>(ctx: &Context<'_>, caller: &TenantCtx, work: F) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce(AppState, TenantCtx) -> Fut + Send + 'static,
     Fut: Future<Output = AppResult<T>> + Send + 'static,
 {
     let app = state(ctx)?.clone();
-    let caller = tenant(ctx)?.clone();
+    let caller = caller.clone();
     let pass = app.analytics_gate.enter(caller.tenant_id).await?;
     Ok(db::detached(async move {
         let result = work(app, caller).await;
@@ -296,14 +296,16 @@ where
 }
 
 /// `metrics`, for the field and for saved queries and widgets.
+/// `caller` is the request's, or a share link's (see `dashboards`).
 pub(crate) async fn run_metrics(
     ctx: &Context<'_>,
+    caller: &TenantCtx,
     query: MetricQueryInput,
 ) -> Result<MetricResult> {
     let app = state(ctx)?;
     let query = query.into_domain();
     let max_span = app.config.analytics.max_range;
-    let result = analytic(ctx, move |app, caller| async move {
+    let result = analytic(ctx, caller, move |app, caller| async move {
         metrics::run(&app.db, &caller, query, app.config.query_timeout, max_span).await
     })
     .await?;
@@ -321,7 +323,11 @@ pub(crate) async fn run_metrics(
 }
 
 /// `funnel`, for the field and for saved queries and widgets.
-pub(crate) async fn run_funnel(ctx: &Context<'_>, input: FunnelInput) -> Result<FunnelResult> {
+pub(crate) async fn run_funnel(
+    ctx: &Context<'_>,
+    caller: &TenantCtx,
+    input: FunnelInput,
+) -> Result<FunnelResult> {
     let query = journey::FunnelQuery {
         steps: input
             .steps
@@ -339,7 +345,7 @@ pub(crate) async fn run_funnel(ctx: &Context<'_>, input: FunnelInput) -> Result<
         count_by: input.count_by,
         breakdown: input.breakdown,
     };
-    let result = analytic(ctx, move |app, caller| async move {
+    let result = analytic(ctx, caller, move |app, caller| async move {
         journey::funnel(&app.db, &caller, query, app.config.query_timeout).await
     })
     .await?;
@@ -359,6 +365,7 @@ pub(crate) async fn run_funnel(ctx: &Context<'_>, input: FunnelInput) -> Result<
 /// `retention`, for the field and for saved queries and widgets.
 pub(crate) async fn run_retention(
     ctx: &Context<'_>,
+    caller: &TenantCtx,
     input: RetentionInput,
 ) -> Result<RetentionResult> {
     let query = journey::RetentionQuery {
@@ -372,7 +379,7 @@ pub(crate) async fn run_retention(
         timezone: input.timezone,
         count_by: input.count_by,
     };
-    let cohorts = analytic(ctx, move |app, caller| async move {
+    let cohorts = analytic(ctx, caller, move |app, caller| async move {
         journey::retention(&app.db, &caller, query, app.config.query_timeout).await
     })
     .await?;
@@ -401,7 +408,7 @@ impl MetricQuery {
         complexity = "super::METRIC_COST + child_complexity"
     )]
     async fn metrics(&self, ctx: &Context<'_>, query: MetricQueryInput) -> Result<MetricResult> {
-        run_metrics(ctx, query).await
+        run_metrics(ctx, tenant(ctx)?, query).await
     }
 
     /// Ordered steps per user (or session) within a conversion window.
@@ -410,7 +417,7 @@ impl MetricQuery {
         complexity = "super::JOURNEY_COST + child_complexity"
     )]
     async fn funnel(&self, ctx: &Context<'_>, input: FunnelInput) -> Result<FunnelResult> {
-        run_funnel(ctx, input).await
+        run_funnel(ctx, tenant(ctx)?, input).await
     }
 
     /// Cohorts by the period of each user's first start event, and the share
@@ -420,6 +427,6 @@ impl MetricQuery {
         complexity = "super::JOURNEY_COST + child_complexity"
     )]
     async fn retention(&self, ctx: &Context<'_>, input: RetentionInput) -> Result<RetentionResult> {
-        run_retention(ctx, input).await
+        run_retention(ctx, tenant(ctx)?, input).await
     }
 }

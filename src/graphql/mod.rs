@@ -38,6 +38,7 @@ pub struct Query(
     metrics::MetricQuery,
     saved_queries::SavedQueryQuery,
     dashboards::DashboardQuery,
+    dashboards::SharedDashboardQuery,
 );
 
 #[derive(MergedObject, Default)]

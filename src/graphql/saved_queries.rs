@@ -380,9 +380,11 @@ impl SavedQueryQuery {
             }
         };
         Ok(match bind(&saved, &supplied)? {
-            Bound::Metric(q) => QueryResult::Metric(run_metrics(ctx, q).await?),
-            Bound::Funnel(q) => QueryResult::Funnel(run_funnel(ctx, q).await?),
-            Bound::Retention(q) => QueryResult::Retention(run_retention(ctx, q).await?),
+            Bound::Metric(q) => QueryResult::Metric(run_metrics(ctx, tenant(ctx)?, q).await?),
+            Bound::Funnel(q) => QueryResult::Funnel(run_funnel(ctx, tenant(ctx)?, q).await?),
+            Bound::Retention(q) => {
+                QueryResult::Retention(run_retention(ctx, tenant(ctx)?, q).await?)
+            }
         })
     }
 }
