@@ -70,9 +70,15 @@ impl AppState {
     /// Connects to the database (and Redis) and applies migrations.
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::with_operation_cap(config.metrics.max_operations));
-        let db = db::connect(&config.database, metrics.db_stale_transactions.clone())
-            .await
-            .with_context(|| format!("cannot open database {}", redact(&config.database.url)))?;
+        let db = db::connect(
+            &config.database,
+            db::PoolCounters {
+                stale: metrics.db_stale_transactions.clone(),
+                statements: metrics.db_statements.clone(),
+            },
+        )
+        .await
+        .with_context(|| format!("cannot open database {}", redact(&config.database.url)))?;
         db::migrate(&db).await.context("cannot apply migrations")?;
         let (redis, bus) = match &config.redis_url {
             Some(url) => {

@@ -41,10 +41,22 @@ use crate::error::{AppError, AppResult};
 /// `pulse serve` processes starting together migrate one at a time.
 const MIGRATION_LOCK_KEY: i64 = 0x7075_6c73_6501;
 
-/// Opens the pool. `stale` counts connections found inside a transaction
-/// when they came back (healed or closed): zero while every path is
-/// cancel-safe.
-pub async fn connect(config: &DatabaseConfig, stale: Counter) -> Result<DatabaseConnection, DbErr> {
+/// What the pool counts for `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct PoolCounters {
+    /// Connections found inside a transaction when they came back (healed
+    /// or closed): zero while every path is cancel-safe.
+    pub stale: Counter,
+    /// Statements sent through sea-orm: what the no-N+1 tests read.
+    pub statements: Counter,
+}
+
+/// Opens the pool (see [`PoolCounters`]).
+pub async fn connect(
+    config: &DatabaseConfig,
+    counters: PoolCounters,
+) -> Result<DatabaseConnection, DbErr> {
+    let PoolCounters { stale, statements } = counters;
     let (pg_stale, sqlite_stale) = (stale.clone(), stale);
     let synchronous = if config.sqlite_full_sync {
         SqliteSynchronous::Full
@@ -118,7 +130,11 @@ pub async fn connect(config: &DatabaseConfig, stale: Counter) -> Result<Database
                 })
             })
         });
-    Database::connect(opts).await
+    let mut db = Database::connect(opts).await?;
+    db.set_metric_callback(move |_| {
+        statements.inc();
+    });
+    Ok(db)
 }
 
 /// Applies every pending migration; safe to run concurrently and repeatedly.

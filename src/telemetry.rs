@@ -66,6 +66,8 @@ pub struct Metrics {
     pub db_pool: Family<PoolLabels, Gauge>,
     pub db_pool_max: Gauge,
     pub db_stale_transactions: Counter,
+    /// Statements sent to the database through sea-orm.
+    pub db_statements: Counter,
     /// Panics caught while serving a request.
     pub panics: Counter,
     /// The label values `graphql_requests` may use.
@@ -105,6 +107,12 @@ impl Metrics {
         let db_pool_max = Gauge::default();
         let db_stale_transactions = Counter::default();
         let panics = Counter::default();
+        let db_statements = Counter::default();
+        registry.register(
+            "db_statements",
+            "Statements sent to the database (through sea-orm)",
+            db_statements.clone(),
+        );
         registry.register(
             "panics",
             "Panics caught while serving a request (answered as INTERNAL_SERVER_ERROR)",
@@ -205,6 +213,7 @@ impl Metrics {
             db_pool_max,
             db_stale_transactions,
             panics,
+            db_statements,
             operation_names: OperationNames::new(cap),
         }
     }

@@ -640,3 +640,56 @@ async fn share_links_open_read_only_with_locked_variables_until_revoked_or_expir
     assert_code(&body, "UNAUTHENTICATED");
     assert_eq!(body["errors"][0]["message"], "share link expired");
 }
+
+fn statements(text: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with("pulse_db_statements_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Owners and grants load in one batch each, whatever the page size.
+#[tokio::test]
+async fn listing_dashboards_runs_a_constant_number_of_statements() {
+    let (app, t) = seeded().await;
+    let owner = app.token(&t, Role::Editor);
+    let viewer_email = t.user(Role::Viewer).email.clone();
+    let share = "mutation($id: ID!, $e: String!) { shareDashboard(id: $id, userEmail: $e, permission: VIEW) { id } }";
+    for i in 0..50 {
+        let mut input = email_dashboard();
+        input["name"] = json!(format!("Board {i}"));
+        let id = data(&app.gql_as(&owner, CREATE, json!({ "i": input })).await)["createDashboard"]
+            ["id"]
+            .clone();
+        if i % 2 == 0 {
+            data(
+                &app.gql_as(&owner, share, json!({ "id": id, "e": viewer_email }))
+                    .await,
+            );
+        }
+    }
+    let list = "query($n: Int!) { dashboards(first: $n) { edges { node {
+        name owner { email } permissions { permission userId } widgets { title kind } } } } }";
+    let mut cost = Vec::new();
+    for n in [5, 50] {
+        let before = statements(&scrape(&app).await);
+        let body = app.gql_as(&owner, list, json!({ "n": n })).await;
+        let edges = data(&body)["dashboards"]["edges"]
+            .as_array()
+            .expect("edges")
+            .clone();
+        assert_eq!(edges.len(), n as usize);
+        assert_eq!(
+            edges[0]["node"]["owner"]["email"],
+            t.user(Role::Editor).email.as_str()
+        );
+        assert_eq!(edges[0]["node"]["permissions"][0]["permission"], "VIEW");
+        assert_eq!(
+            edges[0]["node"]["widgets"].as_array().map(Vec::len),
+            Some(4)
+        );
+        cost.push(statements(&scrape(&app).await) - before);
+    }
+    assert!(cost[0] > 0.0, "the counter counts: {cost:?}");
+    assert_eq!(cost[0], cost[1], "statements for 5 and for 50 dashboards");
+}

@@ -794,19 +794,6 @@ pub async fn versions(
     .await
 }
 
-/// The grants on a dashboard the caller may view.
-pub async fn grants(
-    db: &DatabaseConnection,
-    ctx: &TenantCtx,
-    id: Uuid,
-) -> AppResult<Vec<dashboard_permission::Model>> {
-    let caller = ctx.clone();
-    scoped(db, ctx, move |txn| {
-        Box::pin(async move { grants_of(txn, caller.tenant_id, vec![id]).await })
-    })
-    .await
-}
-
 /// The most a share link may live.
 pub const MAX_LINK_LIFETIME: std::time::Duration = std::time::Duration::from_secs(366 * 86_400);
 

@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::guard::{RoleGuard, meta, state, tenant};
-use super::loaders::UserLoader;
+use super::loaders::{GrantLoader, UserLoader};
 use super::metrics::{
     FilterInput, FunnelInput, FunnelResult, MetricQueryInput, MetricResult, RetentionInput,
     RetentionResult, TimeRangeInput, run_funnel, run_metrics, run_retention,
@@ -417,7 +417,13 @@ impl Dashboard {
     /// Who holds a grant on this dashboard.
     async fn permissions(&self, ctx: &Context<'_>) -> Result<Vec<DashboardGrant>> {
         self.not_shared()?;
-        let grants = dashboards::grants(&state(ctx)?.db, tenant(ctx)?, self.inner.model.id).await?;
+        // Batched across the dashboards of a listing (no N+1).
+        let loader = ctx.data::<DataLoader<GrantLoader>>()?;
+        let key = InTenant {
+            tenant: self.inner.model.tenant_id,
+            key: self.inner.model.id,
+        };
+        let grants = loader.load_one(key).await?.unwrap_or_default();
         Ok(grants.into_iter().map(grant).collect())
     }
     /// The dashboard's share links (SHARE permission).

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::auth::{InTenant, Role, TenantCtx};
 use crate::db::scoped;
-use crate::entities::user;
+use crate::entities::{dashboard_permission, user};
 
 /// Users by id, e.g. the owners of listed saved queries.
 pub struct UserLoader {
@@ -71,6 +71,56 @@ impl Loader<InTenant<Uuid>> for UserLoader {
                     },
                     row,
                 );
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The grants on each dashboard, e.g. `permissions` of listed dashboards.
+pub struct GrantLoader {
+    db: DatabaseConnection,
+}
+
+impl GrantLoader {
+    pub fn new(db: DatabaseConnection) -> DataLoader<GrantLoader> {
+        DataLoader::new(GrantLoader { db }, tokio::spawn)
+    }
+}
+
+impl Loader<InTenant<Uuid>> for GrantLoader {
+    type Value = Vec<dashboard_permission::Model>;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[InTenant<Uuid>],
+    ) -> Result<HashMap<InTenant<Uuid>, Self::Value>, Self::Error> {
+        let mut by_tenant: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
+        for k in keys {
+            by_tenant.entry(k.tenant).or_default().push(k.key);
+        }
+        let mut found: HashMap<InTenant<Uuid>, Self::Value> =
+            keys.iter().map(|k| (*k, Vec::new())).collect();
+        for (tenant, ids) in by_tenant {
+            let rows = scoped(&self.db, &reader_of(tenant), move |txn| {
+                Box::pin(async move {
+                    Ok(dashboard_permission::Entity::find()
+                        .filter(dashboard_permission::Column::TenantId.eq(tenant))
+                        .filter(dashboard_permission::Column::DashboardId.is_in(ids))
+                        .all(txn)
+                        .await?)
+                })
+            })
+            .await?;
+            for row in rows {
+                found
+                    .entry(InTenant {
+                        tenant,
+                        key: row.dashboard_id,
+                    })
+                    .or_default()
+                    .push(row);
             }
         }
         Ok(found)

@@ -74,6 +74,7 @@ pub fn build(state: Option<AppState>, limits: &Limits) -> PulseSchema {
     if let Some(state) = state {
         builder = builder
             .data(loaders::UserLoader::new(state.db.clone()))
+            .data(loaders::GrantLoader::new(state.db.clone()))
             .data(state);
     }
     builder.finish()
