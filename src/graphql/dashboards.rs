@@ -30,7 +30,7 @@ use crate::auth::{InTenant, Role, TenantCtx};
 use crate::domain::dashboards::{self, DashboardInput as Input, LinkRefusal, Permission};
 use crate::domain::page::{PageRequest, encode_cursor};
 use crate::domain::saved_queries::{self as saved_domain, Parameter};
-use crate::entities::{dashboard_permission, dashboard_version, share_link};
+use crate::entities::{dashboard_permission, dashboard_version, share_link, user};
 use crate::error::AppError;
 
 #[derive(Enum, Copy, Clone, Debug, Eq, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -341,6 +341,15 @@ pub struct Dashboard {
     /// (the link, read-only, in the dashboard's tenant); `None`: the
     /// request's caller.
     shared: Option<TenantCtx>,
+    /// Loaded for a whole page at once by `dashboards` (one batch each,
+    /// whatever the timing of the fields' resolution).
+    preloaded: Preloaded,
+}
+
+#[derive(Default)]
+struct Preloaded {
+    owner: Option<Option<user::Model>>,
+    grants: Option<Vec<dashboard_permission::Model>>,
 }
 
 #[Object]
@@ -396,17 +405,18 @@ impl Dashboard {
             .model
             .owner_id
             .ok_or_else(|| AppError::NotFound("owner"))?;
-        let loader = ctx.data::<DataLoader<UserLoader>>()?;
-        let key = InTenant {
-            tenant: self.inner.model.tenant_id,
-            key: owner,
+        let found = match &self.preloaded.owner {
+            Some(found) => found.clone(),
+            None => {
+                let loader = ctx.data::<DataLoader<UserLoader>>()?;
+                let key = InTenant {
+                    tenant: self.inner.model.tenant_id,
+                    key: owner,
+                };
+                loader.load_one(key).await?
+            }
         };
-        Ok(User(
-            loader
-                .load_one(key)
-                .await?
-                .ok_or(AppError::NotFound("owner"))?,
-        ))
+        Ok(User(found.ok_or(AppError::NotFound("owner"))?))
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.inner.model.created_at
@@ -417,13 +427,17 @@ impl Dashboard {
     /// Who holds a grant on this dashboard.
     async fn permissions(&self, ctx: &Context<'_>) -> Result<Vec<DashboardGrant>> {
         self.not_shared()?;
-        // Batched across the dashboards of a listing (no N+1).
-        let loader = ctx.data::<DataLoader<GrantLoader>>()?;
-        let key = InTenant {
-            tenant: self.inner.model.tenant_id,
-            key: self.inner.model.id,
+        let grants = match &self.preloaded.grants {
+            Some(grants) => grants.clone(),
+            None => {
+                let loader = ctx.data::<DataLoader<GrantLoader>>()?;
+                let key = InTenant {
+                    tenant: self.inner.model.tenant_id,
+                    key: self.inner.model.id,
+                };
+                loader.load_one(key).await?.unwrap_or_default()
+            }
         };
-        let grants = loader.load_one(key).await?.unwrap_or_default();
         Ok(grants.into_iter().map(grant).collect())
     }
     /// The dashboard's share links (SHARE permission).
@@ -681,14 +695,59 @@ impl DashboardQuery {
     ) -> Result<Connection<String, Dashboard>> {
         let page = PageRequest::new(first, after.as_deref())?;
         let found = dashboards::list(&state(ctx)?.db, tenant(ctx)?, page).await?;
+        // The page's owners and grants in one batch each, when selected.
+        let node = ctx.look_ahead().field("edges").field("node");
+        let owners = if node.field("owner").exists() {
+            let keys = found.items.iter().filter_map(|d| {
+                d.model.owner_id.map(|key| InTenant {
+                    tenant: d.model.tenant_id,
+                    key,
+                })
+            });
+            Some(
+                ctx.data::<DataLoader<UserLoader>>()?
+                    .load_many(keys)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let grants = if node.field("permissions").exists() {
+            let keys = found.items.iter().map(|d| InTenant {
+                tenant: d.model.tenant_id,
+                key: d.model.id,
+            });
+            Some(
+                ctx.data::<DataLoader<GrantLoader>>()?
+                    .load_many(keys)
+                    .await?,
+            )
+        } else {
+            None
+        };
         let mut conn = Connection::new(page.after.is_some(), found.has_next);
         conn.edges.extend(found.items.into_iter().map(|d| {
+            let in_tenant = |key| InTenant {
+                tenant: d.model.tenant_id,
+                key,
+            };
+            let preloaded = Preloaded {
+                owner: owners.as_ref().map(|o| {
+                    d.model
+                        .owner_id
+                        .and_then(|id| o.get(&in_tenant(id)).cloned())
+                }),
+                grants: grants
+                    .as_ref()
+                    .map(|g| g.get(&in_tenant(d.model.id)).cloned().unwrap_or_default()),
+            };
             Edge::new(
                 encode_cursor(d.model.id),
                 Dashboard {
                     inner: d,
                     variables: Map::new(),
                     shared: None,
+                    preloaded,
                 },
             )
         }));
@@ -721,6 +780,7 @@ impl DashboardQuery {
                 inner,
                 variables,
                 shared: None,
+                preloaded: Preloaded::default(),
             }))
     }
 }
@@ -730,6 +790,7 @@ fn plain(inner: dashboards::Dashboard) -> Dashboard {
         inner,
         variables: Map::new(),
         shared: None,
+        preloaded: Preloaded::default(),
     }
 }
 
@@ -750,6 +811,7 @@ async fn open_shared(ctx: &Context<'_>, token: &str) -> Result<Dashboard, AppErr
             inner,
             variables: locked,
             shared: Some(viewer),
+            preloaded: Preloaded::default(),
         }),
         Err(refusal) => Err(AppError::Unauthenticated(
             match refusal {
