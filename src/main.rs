@@ -164,6 +164,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let events = demo::seed_events(&state.db, &state.writer)
                 .await
                 .context("cannot seed the demo events")?;
+            graphql::demo::seed_dashboards(&state)
+                .await
+                .context("cannot seed the demo dashboards")?;
             state.writer.close().await;
             eprintln!(
                 "pulse: demo data ready ({} tenants, {} users and {} events created)",
@@ -294,6 +297,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 seconds = seeding.elapsed().as_secs_f64(),
                 "seeded the demo events"
             );
+        }
+        let dashboards = graphql::demo::seed_dashboards(&state)
+            .await
+            .context("cannot seed the demo dashboards")?;
+        if dashboards > 0 {
+            tracing::info!(tenants = dashboards, "seeded the demo dashboards");
         }
     }
     let addr = app.local_addr()?;

@@ -693,3 +693,79 @@ async fn listing_dashboards_runs_a_constant_number_of_statements() {
     assert!(cost[0] > 0.0, "the counter counts: {cost:?}");
     assert_eq!(cost[0], cost[1], "statements for 5 and for 50 dashboards");
 }
+
+#[tokio::test]
+async fn the_demo_dashboards_are_seeded_once_and_every_widget_resolves() {
+    let app = spawn_isolated_app().await;
+    let db = &app.state.db;
+    pulse::domain::demo::seed(db).await.expect("accounts");
+    pulse::domain::demo::seed_n_events(db, &app.state.writer, 3_000)
+        .await
+        .expect("events");
+    assert_eq!(
+        pulse::graphql::demo::seed_dashboards(&app.state)
+            .await
+            .expect("seed"),
+        2
+    );
+    assert_eq!(
+        pulse::graphql::demo::seed_dashboards(&app.state)
+            .await
+            .expect("again"),
+        0
+    );
+    let viewer = app
+        .state
+        .keys
+        .mint(
+            "viewer@acme.example",
+            "acme",
+            Role::Viewer,
+            std::time::Duration::from_secs(60),
+        )
+        .expect("mint");
+    let list = app
+        .gql_as(
+            &viewer,
+            "{ dashboards(first: 10) { edges { node { id name } } } }",
+            json!({}),
+        )
+        .await;
+    let boards: Vec<(String, Value)> = data(&list)["dashboards"]["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .map(|e| {
+            (
+                e["node"]["name"].as_str().unwrap_or_default().to_owned(),
+                e["node"]["id"].clone(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = boards.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["Product overview", "Email campaigns"]);
+    for (name, id) in &boards {
+        let body = app.gql_as(&viewer, GET, json!({ "id": id })).await;
+        let widgets = data(&body)["dashboard"]["widgets"]
+            .as_array()
+            .expect("widgets")
+            .clone();
+        assert!(widgets.len() >= 5, "{name}");
+        for w in &widgets {
+            assert!(w["data"]["__typename"].is_string(), "{name}: {w}");
+        }
+    }
+    let email = &boards[1].1;
+    let body = app
+        .gql_as(
+            &viewer,
+            GET,
+            json!({ "id": email, "v": { "campaign": "winback" } }),
+        )
+        .await;
+    assert!(
+        data(&body)["dashboard"]["widgets"][1]["data"]["total"]
+            .as_f64()
+            .is_some()
+    );
+}

@@ -9,6 +9,7 @@
 mod audit;
 mod budget;
 mod dashboards;
+pub mod demo;
 mod events;
 mod extension;
 mod guard;

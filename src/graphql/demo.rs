@@ -1,0 +1,171 @@
+//! The demo tenants' saved queries and dashboards, created through the
+//! schema itself (as each tenant's first ADMIN), so they pass every rule a
+//! client's would and stay in the shape clients send. Idempotent: a tenant
+//! that already has the "Product overview" dashboard is left alone.
+
+use anyhow::{Context as _, anyhow};
+use async_graphql::{Request, Variables};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use serde_json::{Value, json};
+
+use super::Caller;
+use crate::app::AppState;
+use crate::auth::{Role, TenantCtx};
+use crate::entities::{dashboard, tenant, user};
+
+/// The demo tenants whose dashboards are seeded.
+pub const TENANTS: &[&str] = &["acme", "globex"];
+
+/// Creates the demo dashboards where missing; returns how many tenants got
+/// them.
+pub async fn seed_dashboards(state: &AppState) -> anyhow::Result<usize> {
+    let schema = super::build(Some(state.clone()), &state.config.limits);
+    let mut seeded = 0;
+    for slug in TENANTS {
+        let Some(t) = tenant::Entity::find()
+            .filter(tenant::Column::Slug.eq(*slug))
+            .one(&state.db)
+            .await?
+        else {
+            continue;
+        };
+        let exists = dashboard::Entity::find()
+            .filter(dashboard::Column::TenantId.eq(t.id))
+            .filter(dashboard::Column::Name.eq("Product overview"))
+            .one(&state.db)
+            .await?
+            .is_some();
+        if exists {
+            continue;
+        }
+        let Some(admin) = user::Entity::find()
+            .filter(user::Column::TenantId.eq(t.id))
+            .filter(user::Column::Role.eq(Role::Admin))
+            .order_by_asc(user::Column::CreatedAt)
+            .one(&state.db)
+            .await?
+        else {
+            continue;
+        };
+        let ctx = TenantCtx {
+            tenant_id: t.id,
+            tenant_slug: t.slug.clone(),
+            user_id: Some(admin.id),
+            actor: admin.email.clone(),
+            role: Role::Admin,
+        };
+        let run = |query: &'static str, variables: Value| {
+            let schema = schema.clone();
+            let ctx = ctx.clone();
+            async move {
+                let request = Request::new(query)
+                    .variables(Variables::from_json(variables))
+                    .data(Caller::Authenticated(ctx));
+                let response = schema.execute(request).await;
+                if let Some(e) = response.errors.first() {
+                    return Err(anyhow!("{}", e.message));
+                }
+                response
+                    .data
+                    .into_json()
+                    .context("reading a demo mutation's answer")
+            }
+        };
+        let saved = run(
+            "mutation($i: SavedQueryInput!) { createSavedQuery(input: $i) { id } }",
+            json!({ "i": sends_of_campaign() }),
+        )
+        .await
+        .with_context(|| format!("the demo saved query of {slug}"))?;
+        let saved_id = saved["createSavedQuery"]["id"].clone();
+        for input in [product_overview(), email_campaigns(&saved_id)] {
+            run(
+                "mutation($i: DashboardInput!) { createDashboard(input: $i) { id } }",
+                json!({ "i": input }),
+            )
+            .await
+            .with_context(|| format!("a demo dashboard of {slug}"))?;
+        }
+        seeded += 1;
+    }
+    Ok(seeded)
+}
+
+fn last_30_days() -> Value {
+    json!({ "last": "30d" })
+}
+
+fn product_overview() -> Value {
+    json!({
+        "name": "Product overview",
+        "description": "Active users, sign-ups, revenue, conversion and retention.",
+        "tags": ["product"],
+        "isPublic": true,
+        "range": last_30_days(),
+        "refreshInterval": 300,
+        "layout": { "columns": 12 },
+        "widgets": [
+            { "title": "Daily active users", "kind": "LINE", "query": {
+                "measure": "COUNT_DISTINCT", "field": "userId", "granularity": "DAY",
+                "range": last_30_days() } },
+            { "title": "Sign-ups", "kind": "BAR", "query": {
+                "measure": "COUNT", "eventTypes": ["signup"], "granularity": "DAY",
+                "range": last_30_days() } },
+            { "title": "Revenue by plan", "kind": "AREA", "query": {
+                "measure": "SUM", "field": "properties.amount", "eventTypes": ["purchase"],
+                "groupBy": ["properties.plan"], "granularity": "DAY", "range": last_30_days() } },
+            { "title": "Sign-up to purchase", "kind": "FUNNEL", "funnel": {
+                "steps": [{ "eventType": "signup" }, { "eventType": "purchase" }],
+                "conversionWindow": "7d", "range": last_30_days() } },
+            { "title": "Weekly retention", "kind": "RETENTION", "retention": {
+                "startEvent": "signup", "returnEvent": "page_view", "period": "WEEK",
+                "periods": 4, "range": last_30_days() } }
+        ]
+    })
+}
+
+/// The campaign filter every email widget shares.
+fn of_campaign() -> Value {
+    json!([{ "field": "properties.campaign", "op": "EQ", "value": "$campaign" }])
+}
+
+fn sends_of_campaign() -> Value {
+    json!({
+        "name": "Emails sent, by day",
+        "description": "email.sent of one campaign",
+        "isPublic": true,
+        "query": { "measure": "COUNT", "eventTypes": ["email.sent"], "granularity": "DAY",
+                   "filters": of_campaign(), "range": { "last": "$range" } },
+        "parameters": [
+            { "name": "campaign", "type": "STRING", "default": "spring-launch" },
+            { "name": "range", "type": "TIME_RANGE", "default": last_30_days() }
+        ]
+    })
+}
+
+fn email_campaigns(saved_query: &Value) -> Value {
+    let per_campaign = |types: &[&str]| {
+        json!({ "measure": "COUNT", "eventTypes": types, "groupBy": ["properties.campaign"],
+                "range": last_30_days() })
+    };
+    json!({
+        "name": "Email campaigns",
+        "description": "Sends, deliveries and engagement per campaign.",
+        "tags": ["email"],
+        "isPublic": true,
+        "range": last_30_days(),
+        "variables": [{ "name": "campaign", "type": "STRING", "default": "spring-launch",
+                        "allowed": ["spring-launch", "weekly-digest", "winback", "onboarding"] }],
+        "widgets": [
+            { "title": "Sent (saved query)", "kind": "LINE", "savedQueryId": saved_query,
+              "parameters": { "campaign": "$campaign" } },
+            { "title": "Delivered", "kind": "METRIC", "query": {
+                "measure": "COUNT", "eventTypes": ["email.delivered"], "filters": of_campaign(),
+                "range": last_30_days() } },
+            { "title": "Opens by campaign", "kind": "BAR", "query": per_campaign(&["email.opened"]) },
+            { "title": "Clicks by campaign", "kind": "BAR", "query": per_campaign(&["email.clicked"]) },
+            { "title": "Replies by campaign", "kind": "TABLE", "query": per_campaign(&["email.replied"]) },
+            { "title": "Bounces by campaign", "kind": "TABLE", "query": per_campaign(&["email.bounced"]) }
+        ]
+    })
+}
