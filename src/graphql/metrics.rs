@@ -11,7 +11,7 @@ use crate::app::AppState;
 use crate::auth::{Role, TenantCtx};
 use crate::db;
 use crate::domain::metrics;
-use crate::domain::metrics::journey;
+use crate::domain::metrics::{formula, journey};
 use crate::error::AppResult;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
@@ -108,6 +108,43 @@ impl MetricQueryInput {
             last: self.range.last,
             timezone: self.timezone,
             limit: self.limit,
+        }
+    }
+}
+
+/// One metric query of a formula, under the name its expression uses.
+#[derive(InputObject)]
+pub struct NamedMetricQueryInput {
+    /// `[a-z][a-z0-9_]*`, unique within the formula.
+    pub name: String,
+    pub query: MetricQueryInput,
+}
+
+/// Up to 6 named queries sharing granularity, range and timezone, and an
+/// arithmetic expression over their names (`+ - * /`, unary minus,
+/// parentheses, decimal constants), e.g. `clicked / delivered`. It is
+/// evaluated per bucket and per group (groups match by value; a query
+/// without groupBy applies to every group; a group a query lacks reads 0
+/// for COUNT, COUNT_DISTINCT and SUM, null otherwise). A missing operand or
+/// a division by zero gives null. Every name must be used.
+#[derive(InputObject)]
+pub struct FormulaInput {
+    pub queries: Vec<NamedMetricQueryInput>,
+    pub expression: String,
+}
+
+impl FormulaInput {
+    pub fn into_domain(self) -> formula::FormulaQuery {
+        formula::FormulaQuery {
+            queries: self
+                .queries
+                .into_iter()
+                .map(|q| formula::NamedQuery {
+                    name: q.name,
+                    query: q.query.into_domain(),
+                })
+                .collect(),
+            expression: self.expression,
         }
     }
 }
@@ -286,6 +323,26 @@ where
     .await?)
 }
 
+/// Counts an answer in the server's metrics and in the response's
+/// `extensions.queries`.
+fn record(
+    ctx: &Context<'_>,
+    app: &AppState,
+    result: metrics::MetricResult,
+) -> metrics::MetricResult {
+    app.metrics
+        .record_query(result.source.as_str(), result.db_time);
+    if let Some(log) = ctx.data_opt::<QueryLog>() {
+        log.push(Provenance {
+            path: ctx.path_node.map(|p| p.to_string()).unwrap_or_default(),
+            source: result.source.as_str(),
+            db_ms: result.db_time.as_secs_f64() * 1000.0,
+            skipped_values: result.skipped,
+        });
+    }
+    result
+}
+
 #[derive(Default)]
 pub struct MetricQuery;
 
@@ -304,17 +361,29 @@ impl MetricQuery {
             metrics::run(&app.db, &caller, query, app.config.query_timeout, max_span).await
         })
         .await?;
-        app.metrics
-            .record_query(result.source.as_str(), result.db_time);
-        if let Some(log) = ctx.data_opt::<QueryLog>() {
-            log.push(Provenance {
-                path: ctx.path_node.map(|p| p.to_string()).unwrap_or_default(),
-                source: result.source.as_str(),
-                db_ms: result.db_time.as_secs_f64() * 1000.0,
-                skipped_values: result.skipped,
-            });
-        }
-        Ok(result.into())
+        Ok(record(ctx, app, result).into())
+    }
+
+    /// Named metric queries combined by an arithmetic expression, per
+    /// bucket and per group; `total` is the expression over the queries'
+    /// totals.
+    #[graphql(
+        guard = "RoleGuard::new(Role::Viewer)",
+        complexity = "input.queries.len().max(1) * super::METRIC_COST + child_complexity"
+    )]
+    async fn formula(&self, ctx: &Context<'_>, input: FormulaInput) -> Result<MetricResult> {
+        let app = state(ctx)?;
+        let query = input.into_domain();
+        let max_span = app.config.analytics.max_range;
+        // One place in the tenant's concurrency limit for the whole formula:
+        // its queries run at once, so they hold it about as long as one
+        // query would, and a place per query could leave a formula
+        // half-admitted (holding some places while it waits for others).
+        let result = analytic(ctx, move |app, caller| async move {
+            formula::run(&app.db, &caller, query, app.config.query_timeout, max_span).await
+        })
+        .await?;
+        Ok(record(ctx, app, result).into())
     }
 
     /// Ordered steps per user (or session) within a conversion window.
