@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod cli;
 mod events;
+mod formulas;
 mod graphiql;
 mod hardening;
 mod http;
