@@ -115,7 +115,7 @@ impl MetricQueryInput {
 /// One metric query of a formula, under the name its expression uses.
 #[derive(InputObject)]
 pub struct NamedMetricQueryInput {
-    /// `[a-z][a-z0-9_]*`, unique within the formula.
+    /// `[a-z][a-z0-9_]*`, at most 64 characters, unique within the formula.
     pub name: String,
     pub query: MetricQueryInput,
 }

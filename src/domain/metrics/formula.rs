@@ -722,7 +722,10 @@ mod tests {
         assert_eq!(err("1. + clicked", &k), "expected a digit after `.` at 3");
         assert_eq!(err("   ", &k), "is empty");
         assert!(err(&"1".repeat(400), &k).contains("too large"));
-        assert!(err(&"1+".repeat(300), &k).contains("longer than 500"));
+        let at_limit = format!("{}11", "1+".repeat(MAX_LEN / 2 - 1));
+        assert_eq!(at_limit.len(), MAX_LEN);
+        assert!(Formula::parse(&at_limit, &names(&k)).is_ok());
+        assert!(err(&format!("{at_limit} "), &k).contains("longer than 500"));
     }
 
     #[test]
