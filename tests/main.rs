@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod dashboards;
 mod events;
+mod formulas;
 mod graphiql;
 mod hardening;
 mod http;

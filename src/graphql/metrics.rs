@@ -11,7 +11,7 @@ use crate::app::AppState;
 use crate::auth::{Role, TenantCtx};
 use crate::db;
 use crate::domain::metrics;
-use crate::domain::metrics::journey;
+use crate::domain::metrics::{formula, journey};
 use crate::error::AppResult;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, serde::Serialize)]
@@ -114,6 +114,45 @@ impl MetricQueryInput {
             last: self.range.last,
             timezone: self.timezone,
             limit: self.limit,
+        }
+    }
+}
+
+/// One metric query of a formula, under the name its expression uses.
+#[derive(InputObject, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamedMetricQueryInput {
+    /// `[a-z][a-z0-9_]*`, at most 64 characters, unique within the formula.
+    pub name: String,
+    pub query: MetricQueryInput,
+}
+
+/// Up to 6 named queries sharing granularity, range and timezone, and an
+/// arithmetic expression over their names (`+ - * /`, unary minus,
+/// parentheses, decimal constants), e.g. `clicked / delivered`. It is
+/// evaluated per bucket and per group (groups match by value; a query
+/// without groupBy applies to every group; a group a query lacks reads 0
+/// for COUNT, COUNT_DISTINCT and SUM, null otherwise). A missing operand or
+/// a division by zero gives null. Every name must be used.
+#[derive(InputObject, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FormulaInput {
+    pub queries: Vec<NamedMetricQueryInput>,
+    pub expression: String,
+}
+
+impl FormulaInput {
+    pub fn into_domain(self) -> formula::FormulaQuery {
+        formula::FormulaQuery {
+            queries: self
+                .queries
+                .into_iter()
+                .map(|q| formula::NamedQuery {
+                    name: q.name,
+                    query: q.query.into_domain(),
+                })
+                .collect(),
+            expression: self.expression,
         }
     }
 }
@@ -295,6 +334,26 @@ where
     .await?)
 }
 
+/// Counts an answer in the server's metrics and in the response's
+/// `extensions.queries`.
+fn record(
+    ctx: &Context<'_>,
+    app: &AppState,
+    result: metrics::MetricResult,
+) -> metrics::MetricResult {
+    app.metrics
+        .record_query(result.source.as_str(), result.db_time);
+    if let Some(log) = ctx.data_opt::<QueryLog>() {
+        log.push(Provenance {
+            path: ctx.path_node.map(|p| p.to_string()).unwrap_or_default(),
+            source: result.source.as_str(),
+            db_ms: result.db_time.as_secs_f64() * 1000.0,
+            skipped_values: result.skipped,
+        });
+    }
+    result
+}
+
 /// `metrics`, for the field and for saved queries and widgets.
 /// `caller` is the request's, or a share link's (see `dashboards`).
 pub(crate) async fn run_metrics(
@@ -309,17 +368,27 @@ pub(crate) async fn run_metrics(
         metrics::run(&app.db, &caller, query, app.config.query_timeout, max_span).await
     })
     .await?;
-    app.metrics
-        .record_query(result.source.as_str(), result.db_time);
-    if let Some(log) = ctx.data_opt::<QueryLog>() {
-        log.push(Provenance {
-            path: ctx.path_node.map(|p| p.to_string()).unwrap_or_default(),
-            source: result.source.as_str(),
-            db_ms: result.db_time.as_secs_f64() * 1000.0,
-            skipped_values: result.skipped,
-        });
-    }
-    Ok(result.into())
+    Ok(record(ctx, app, result).into())
+}
+
+/// `formula`, for the field and for saved queries and widgets.
+pub(crate) async fn run_formula(
+    ctx: &Context<'_>,
+    caller: &TenantCtx,
+    input: FormulaInput,
+) -> Result<MetricResult> {
+    let app = state(ctx)?;
+    let query = input.into_domain();
+    let max_span = app.config.analytics.max_range;
+    // One place in the tenant's concurrency limit for the whole formula:
+    // its queries run at once, so they hold it about as long as one query
+    // would, and a place per query could leave a formula half-admitted
+    // (holding some places while it waits for others).
+    let result = analytic(ctx, caller, move |app, caller| async move {
+        formula::run(&app.db, &caller, query, app.config.query_timeout, max_span).await
+    })
+    .await?;
+    Ok(record(ctx, app, result).into())
 }
 
 /// `funnel`, for the field and for saved queries and widgets.
@@ -409,6 +478,17 @@ impl MetricQuery {
     )]
     async fn metrics(&self, ctx: &Context<'_>, query: MetricQueryInput) -> Result<MetricResult> {
         run_metrics(ctx, tenant(ctx)?, query).await
+    }
+
+    /// Named metric queries combined by an arithmetic expression, per
+    /// bucket and per group; `total` is the expression over the queries'
+    /// totals.
+    #[graphql(
+        guard = "RoleGuard::new(Role::Viewer)",
+        complexity = "input.queries.len().max(1) * super::METRIC_COST + child_complexity"
+    )]
+    async fn formula(&self, ctx: &Context<'_>, input: FormulaInput) -> Result<MetricResult> {
+        run_formula(ctx, tenant(ctx)?, input).await
     }
 
     /// Ordered steps per user (or session) within a conversion window.

@@ -3,6 +3,7 @@
 //! series with every bucket present.
 
 mod cells;
+pub mod formula;
 pub mod gate;
 pub mod journey;
 pub mod plan;
@@ -75,9 +76,22 @@ pub async fn run(
 ) -> AppResult<MetricResult> {
     let now = Utc::now();
     let plan = plan::plan(query, now, max_span)?;
+    run_plan(db, ctx, &plan, now, timeout).await
+}
+
+/// Answers a validated `plan` (made at `now`) for the caller's tenant, in a
+/// read session of its own; formulas plan all their queries at one `now`
+/// first, so that their buckets line up, then run each through here.
+pub(crate) async fn run_plan(
+    db: &DatabaseConnection,
+    ctx: &TenantCtx,
+    plan: &plan::Plan,
+    now: DateTime<Utc>,
+    timeout: Duration,
+) -> AppResult<MetricResult> {
     let started = Instant::now();
     let mut session = Session::begin(db, ctx, timeout).await?;
-    let aggregates = within(timeout, raw::aggregate(&mut session, &plan, ctx.tenant_id)).await?;
+    let aggregates = within(timeout, raw::aggregate(&mut session, plan, ctx.tenant_id)).await?;
     session.finish().await?;
     let db_time = started.elapsed();
     let source = if aggregates.from_rollups {
@@ -85,7 +99,7 @@ pub async fn run(
     } else {
         Source::Raw
     };
-    Ok(assemble(&plan, aggregates, now, source, db_time))
+    Ok(assemble(plan, aggregates, now, source, db_time))
 }
 
 /// Awaits `query` for at most `timeout`; running out, here or on the
