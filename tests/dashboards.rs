@@ -769,3 +769,75 @@ async fn the_demo_dashboards_are_seeded_once_and_every_widget_resolves() {
             .is_some()
     );
 }
+
+fn open_rate() -> Value {
+    let per_campaign = |t: &str| {
+        json!({ "measure": "COUNT", "eventTypes": [t],
+        "groupBy": ["properties.campaign"], "range": { "last": "1d" } })
+    };
+    json!({ "queries": [
+        { "name": "opened", "query": per_campaign("email.opened") },
+        { "name": "delivered", "query": per_campaign("email.delivered") }
+    ], "expression": "opened / delivered" })
+}
+
+#[tokio::test]
+async fn formulas_are_widgets_and_saved_queries_too() {
+    let (app, t) = seeded().await;
+    let editor = app.token(&t, Role::Editor);
+    let saved = app
+        .gql_as(
+            &editor,
+            "mutation($i: SavedQueryInput!) { createSavedQuery(input: $i) { id kind problem } }",
+            json!({ "i": { "name": "Open rate", "formula": open_rate() } }),
+        )
+        .await;
+    assert_eq!(data(&saved)["createSavedQuery"]["kind"], "FORMULA");
+    let id = data(&saved)["createSavedQuery"]["id"].clone();
+    let run = app
+        .gql_as(
+            &editor,
+            "query($id: ID!) { runSavedQuery(id: $id) { ... on MetricResult { total series { group total } } } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(data(&run)["runSavedQuery"]["total"], 0.5);
+    let input = json!({ "name": "Rates", "range": { "last": "2d" }, "widgets": [
+        { "title": "Open rate", "kind": "TABLE", "formula": open_rate() },
+        { "title": "Open rate (saved)", "kind": "METRIC", "savedQueryId": id } ] });
+    let board = data(&app.gql_as(&editor, CREATE, json!({ "i": input })).await)["createDashboard"]
+        ["id"]
+        .clone();
+    let body = app
+        .gql_as(
+            &editor,
+            "query($id: ID!) { dashboard(id: $id) { widgets { data { ... on MetricResult { total series { group total } } } } } }",
+            json!({ "id": board }),
+        )
+        .await;
+    let widgets = &data(&body)["dashboard"]["widgets"];
+    assert_eq!(widgets[0]["data"]["total"], 0.5);
+    let rates: Vec<(String, f64)> = widgets[0]["data"]["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .map(|s| {
+            (
+                s["group"]["properties.campaign"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                s["total"].as_f64().unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    assert_eq!(rates.len(), 2, "{rates:?}");
+    assert!(rates.iter().all(|(_, r)| *r == 0.5), "{rates:?}");
+    assert_eq!(widgets[1]["data"]["total"], 0.5);
+    let bad = json!({ "name": "Bad", "widgets": [{ "title": "x", "kind": "FUNNEL", "formula": open_rate() }] });
+    let body = app.gql_as(&editor, CREATE, json!({ "i": bad })).await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["field"],
+        "input.widgets[0].kind"
+    );
+}

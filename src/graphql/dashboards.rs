@@ -21,8 +21,9 @@ use uuid::Uuid;
 use super::guard::{RoleGuard, meta, state, tenant};
 use super::loaders::{GrantLoader, UserLoader};
 use super::metrics::{
-    FilterInput, FunnelInput, FunnelResult, MetricQueryInput, MetricResult, RetentionInput,
-    RetentionResult, TimeRangeInput, run_funnel, run_metrics, run_retention,
+    FilterInput, FormulaInput, FunnelInput, FunnelResult, MetricQueryInput, MetricResult,
+    RetentionInput, RetentionResult, TimeRangeInput, run_formula, run_funnel, run_metrics,
+    run_retention,
 };
 use super::saved_queries::{self as saved, Bound, ParamTypeValue, read_as, stored};
 use super::users::{User, parse_id};
@@ -58,13 +59,14 @@ pub enum PermissionValue {
     Admin,
 }
 
-/// A widget: exactly one of `query`, `funnel`, `retention` or
+/// A widget: exactly one of `query`, `formula`, `funnel`, `retention` or
 /// `savedQueryId` (with `parameters` for the saved query's).
 #[derive(InputObject)]
 pub struct WidgetInput {
     pub title: String,
     pub kind: WidgetKind,
     pub query: Option<MetricQueryInput>,
+    pub formula: Option<FormulaInput>,
     pub funnel: Option<FunnelInput>,
     pub retention: Option<RetentionInput>,
     pub saved_query_id: Option<ID>,
@@ -198,6 +200,7 @@ fn widget(i: usize, w: WidgetInput) -> Result<StoredWidget, AppError> {
         .transpose()?;
     let sources = [
         w.query.as_ref().map(|q| ("query", stored(q))),
+        w.formula.as_ref().map(|q| ("formula", stored(q))),
         w.funnel.as_ref().map(|q| ("funnel", stored(q))),
         w.retention.as_ref().map(|q| ("retention", stored(q))),
         saved_query_id.map(|_| ("savedQuery", Ok(Value::Null))),
@@ -208,19 +211,19 @@ fn widget(i: usize, w: WidgetInput) -> Result<StoredWidget, AppError> {
         _ => {
             return Err(AppError::bad_input(
                 at,
-                "give exactly one of query, funnel, retention or savedQueryId",
+                "give exactly one of query, formula, funnel, retention or savedQueryId",
             ));
         }
     };
     let fits = matches!(
         (source, w.kind),
         ("funnel", WidgetKind::Funnel) | ("retention", WidgetKind::Retention) | ("savedQuery", _)
-    ) || (source == "query"
+    ) || (matches!(source, "query" | "formula")
         && !matches!(w.kind, WidgetKind::Funnel | WidgetKind::Retention));
     if !fits {
         return Err(AppError::bad_input(
             format!("{at}.kind"),
-            "FUNNEL widgets show a funnel, RETENTION widgets retention, the others a metric query",
+            "FUNNEL widgets show a funnel, RETENTION widgets retention, the others a metric query or formula",
         ));
     }
     Ok(StoredWidget {
@@ -539,6 +542,9 @@ async fn run(
         Bound::Metric(q) => {
             WidgetData::Metric(run_metrics(ctx, caller, read_as(stored(q)?)?).await?)
         }
+        Bound::Formula(q) => {
+            WidgetData::Metric(run_formula(ctx, caller, read_as(stored(q)?)?).await?)
+        }
         Bound::Funnel(q) => {
             WidgetData::Funnel(run_funnel(ctx, caller, read_as(stored(q)?)?).await?)
         }
@@ -620,6 +626,7 @@ impl Dashboard {
             };
             match saved::bind(&query, &supplied)? {
                 Bound::Metric(q) => ("query", stored(&q)?),
+                Bound::Formula(q) => ("formula", stored(&q)?),
                 Bound::Funnel(q) => ("funnel", stored(&q)?),
                 Bound::Retention(q) => ("retention", stored(&q)?),
             }
@@ -631,6 +638,7 @@ impl Dashboard {
         let key = format!("{kind}:{definition}");
         let bound = match kind {
             "query" => Bound::Metric(read_as::<MetricQueryInput>(definition)?),
+            "formula" => Bound::Formula(read_as::<FormulaInput>(definition)?),
             "funnel" => Bound::Funnel(read_as::<FunnelInput>(definition)?),
             _ => Bound::Retention(read_as::<RetentionInput>(definition)?),
         };
@@ -638,8 +646,19 @@ impl Dashboard {
     }
 
     /// The dashboard's filters (metric and funnel widgets), range and
-    /// timezone (all), over a widget's bound query.
+    /// timezone (all), over a widget's bound query; a formula's to each
+    /// of its queries.
     fn apply_dashboard(&self, kind: &str, mut definition: Value) -> Value {
+        if kind == "formula" {
+            if let Some(queries) = definition.get_mut("queries").and_then(Value::as_array_mut) {
+                for named in queries.iter_mut() {
+                    if let Some(query) = named.get_mut("query") {
+                        *query = self.apply_dashboard("query", query.take());
+                    }
+                }
+            }
+            return definition;
+        }
         let m = &self.inner.model;
         let Some(query) = definition.as_object_mut() else {
             return definition;

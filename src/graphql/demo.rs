@@ -143,11 +143,25 @@ fn sends_of_campaign() -> Value {
     })
 }
 
+/// The events of `types` per campaign.
+fn per_campaign(types: &[&str]) -> Value {
+    json!({ "measure": "COUNT", "eventTypes": types, "groupBy": ["properties.campaign"],
+            "range": last_30_days() })
+}
+
+/// `name / delivered` per campaign, a ratio in [0, 1]; the series come
+/// ranked by it.
+fn rate(name: &str, types: &[&str]) -> Value {
+    json!({
+        "queries": [
+            { "name": name, "query": per_campaign(types) },
+            { "name": "delivered", "query": per_campaign(&["email.delivered"]) }
+        ],
+        "expression": format!("{name} / delivered")
+    })
+}
+
 fn email_campaigns(saved_query: &Value) -> Value {
-    let per_campaign = |types: &[&str]| {
-        json!({ "measure": "COUNT", "eventTypes": types, "groupBy": ["properties.campaign"],
-                "range": last_30_days() })
-    };
     json!({
         "name": "Email campaigns",
         "description": "Sends, deliveries and engagement per campaign.",
@@ -162,10 +176,15 @@ fn email_campaigns(saved_query: &Value) -> Value {
             { "title": "Delivered", "kind": "METRIC", "query": {
                 "measure": "COUNT", "eventTypes": ["email.delivered"], "filters": of_campaign(),
                 "range": last_30_days() } },
-            { "title": "Opens by campaign", "kind": "BAR", "query": per_campaign(&["email.opened"]) },
-            { "title": "Clicks by campaign", "kind": "BAR", "query": per_campaign(&["email.clicked"]) },
-            { "title": "Replies by campaign", "kind": "TABLE", "query": per_campaign(&["email.replied"]) },
-            { "title": "Bounces by campaign", "kind": "TABLE", "query": per_campaign(&["email.bounced"]) }
+            { "title": "Sent by campaign", "kind": "BAR", "query": per_campaign(&["email.sent"]) },
+            { "title": "Open rate by campaign", "kind": "BAR",
+              "formula": rate("opened", &["email.opened"]) },
+            { "title": "Click rate by campaign", "kind": "BAR",
+              "formula": rate("clicked", &["email.clicked"]) },
+            { "title": "Campaigns ranked by reply rate", "kind": "TABLE",
+              "formula": rate("replied", &["email.replied"]) },
+            { "title": "Bounce rate by campaign", "kind": "TABLE",
+              "formula": rate("bounced", &["email.bounced"]) }
         ]
     })
 }

@@ -17,8 +17,8 @@ use serde_json::{Map, Value};
 use super::guard::{RoleGuard, meta, state, tenant};
 use super::loaders::UserLoader;
 use super::metrics::{
-    FunnelInput, FunnelResult, MetricQueryInput, MetricResult, RetentionInput, RetentionResult,
-    run_funnel, run_metrics, run_retention,
+    FormulaInput, FunnelInput, FunnelResult, MetricQueryInput, MetricResult, RetentionInput,
+    RetentionResult, run_formula, run_funnel, run_metrics, run_retention,
 };
 use super::users::{User, parse_id};
 use crate::auth::{InTenant, Role};
@@ -82,7 +82,8 @@ pub struct QueryParameter {
     default: Option<Json<Value>>,
 }
 
-/// A saved query: exactly one of `query`, `funnel` or `retention`.
+/// A saved query: exactly one of `query`, `formula`, `funnel` or
+/// `retention`.
 #[derive(InputObject)]
 pub struct SavedQueryInput {
     pub name: String,
@@ -91,6 +92,7 @@ pub struct SavedQueryInput {
     /// ADMINs.
     pub is_public: Option<bool>,
     pub query: Option<MetricQueryInput>,
+    pub formula: Option<FormulaInput>,
     pub funnel: Option<FunnelInput>,
     pub retention: Option<RetentionInput>,
     pub parameters: Option<Vec<QueryParameterInput>>,
@@ -100,6 +102,7 @@ impl SavedQueryInput {
     fn into_domain(self) -> Result<Input, AppError> {
         let chosen = [
             self.query.as_ref().map(|q| (Kind::Metric, stored(q))),
+            self.formula.as_ref().map(|q| (Kind::Formula, stored(q))),
             self.funnel.as_ref().map(|q| (Kind::Funnel, stored(q))),
             self.retention
                 .as_ref()
@@ -111,7 +114,7 @@ impl SavedQueryInput {
             _ => {
                 return Err(AppError::bad_input(
                     "input",
-                    "give exactly one of query, funnel or retention",
+                    "give exactly one of query, formula, funnel or retention",
                 ));
             }
         };
@@ -209,6 +212,7 @@ pub enum QueryResult {
 /// its input type: what a run executes.
 pub(crate) enum Bound {
     Metric(MetricQueryInput),
+    Formula(FormulaInput),
     Funnel(FunnelInput),
     Retention(RetentionInput),
 }
@@ -229,12 +233,7 @@ pub(crate) fn bind(
         Kind::Metric => Bound::Metric(read_as(bound)?),
         Kind::Funnel => Bound::Funnel(read_as(bound)?),
         Kind::Retention => Bound::Retention(read_as(bound)?),
-        Kind::Formula => {
-            return Err(AppError::bad_input(
-                "savedQuery",
-                "formula saved queries are not supported by this version",
-            ));
-        }
+        Kind::Formula => Bound::Formula(read_as(bound)?),
     })
 }
 
@@ -381,6 +380,7 @@ impl SavedQueryQuery {
         };
         Ok(match bind(&saved, &supplied)? {
             Bound::Metric(q) => QueryResult::Metric(run_metrics(ctx, tenant(ctx)?, q).await?),
+            Bound::Formula(q) => QueryResult::Metric(run_formula(ctx, tenant(ctx)?, q).await?),
             Bound::Funnel(q) => QueryResult::Funnel(run_funnel(ctx, tenant(ctx)?, q).await?),
             Bound::Retention(q) => {
                 QueryResult::Retention(run_retention(ctx, tenant(ctx)?, q).await?)
