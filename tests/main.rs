@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod cli;
 mod events;
+mod golden;
 mod http;
 mod isolation;
 mod journeys;

@@ -6,7 +6,7 @@ mod cells;
 pub mod journey;
 pub mod plan;
 pub mod raw;
-pub mod session;
+pub mod snapshot;
 pub mod time;
 
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use sea_orm::{DatabaseConnection, DbErr};
 use serde_json::{Map, Value};
 
 pub use plan::{FilterOp, Measure, MetricQuery};
-pub use session::Session;
+pub use snapshot::Snapshot;
 pub use time::Granularity;
 
 use crate::auth::TenantCtx;
@@ -72,7 +72,7 @@ pub async fn run(
     let now = Utc::now();
     let plan = plan::plan(query, now)?;
     let started = Instant::now();
-    let mut session = Session::begin(db, ctx, timeout).await?;
+    let mut session = Snapshot::begin(db, ctx, timeout).await?;
     let aggregates = within(timeout, raw::aggregate(&mut session, &plan, ctx.tenant_id)).await?;
     session.finish().await?;
     let db_time = started.elapsed();
@@ -85,7 +85,7 @@ pub async fn run(
 }
 
 /// Awaits `query` for at most `timeout`; running out, here or on the
-/// database (see [`session`]), answers `QUERY_TIMEOUT`.
+/// database (see [`snapshot`]), answers `QUERY_TIMEOUT`.
 pub(crate) async fn within<T>(
     timeout: Duration,
     query: impl Future<Output = Result<T, DbErr>>,
@@ -98,7 +98,7 @@ pub(crate) async fn within<T>(
     };
     match tokio::time::timeout(timeout, query).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) if session::cancelled_by_database(&e) => Err(timed_out()),
+        Ok(Err(e)) if snapshot::cancelled_by_database(&e) => Err(timed_out()),
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(timed_out()),
     }
