@@ -185,7 +185,7 @@ impl Case {
     }
 
     /// Every statement the case's query may run on `backend`, in order.
-    pub fn statements(self, backend: DbBackend) -> Vec<Statement> {
+    pub fn statements(self, backend: DbBackend, tenant: Uuid) -> Vec<Statement> {
         if let Some(m) = self.metrics {
             let q = MetricQuery {
                 measure: Some(measure(&m.measure)),
@@ -201,7 +201,7 @@ impl Case {
                 limit: m.limit,
             };
             let plan = plan::plan(q, now()).expect("a valid metric query");
-            return Statements::new(backend, &plan, TENANT).all(&self.ranked);
+            return Statements::new(backend, &plan, tenant).all(&self.ranked);
         }
         if let Some(f) = self.funnel {
             let q = FunnelQuery {
@@ -222,7 +222,7 @@ impl Case {
                 breakdown: f.breakdown,
             };
             let plan = journey::funnel_plan(q, now()).expect("a valid funnel");
-            return vec![plan.statement(backend, TENANT)];
+            return vec![plan.statement(backend, tenant)];
         }
         if let Some(r) = self.retention {
             let q = RetentionQuery {
@@ -237,7 +237,7 @@ impl Case {
                 count_by: r.count_by,
             };
             let plan = journey::retention_plan(q, now()).expect("a valid retention query");
-            return vec![plan.statement(backend, TENANT)];
+            return vec![plan.statement(backend, tenant)];
         }
         let e = self
             .events
@@ -255,7 +255,7 @@ impl Case {
             .unwrap_or_default();
         let stmt = events::list_statement(
             backend,
-            TENANT,
+            tenant,
             &filter,
             e.first.unwrap_or(20),
             e.after.as_deref(),
@@ -336,7 +336,7 @@ fn every_query_shape_generates_the_pinned_sql_on_both_backends() {
                 ("sqlite", DbBackend::Sqlite),
                 ("postgres", DbBackend::Postgres),
             ] {
-                let statements = Case::read(path).statements(backend);
+                let statements = Case::read(path).statements(backend, TENANT);
                 for s in &statements {
                     assert_tenant_scoped(s);
                 }

@@ -12,6 +12,7 @@ mod http;
 mod isolation;
 mod journeys;
 mod metrics;
+mod plans;
 mod rls;
 mod tenants;
 mod users;
