@@ -170,11 +170,15 @@ pub struct FunnelStepInput {
 pub struct FunnelInput {
     /// 2 to 10 ordered steps.
     pub steps: Vec<FunnelStepInput>,
-    /// How long after the first step the last may come, e.g. `7d`.
+    /// How long after the first step the last may come, e.g. `7d`. Days
+    /// (`d`) and weeks (`w`) are local calendar days in `timezone`: `1d`
+    /// from noon ends at noon the next day, 23 or 25 hours later across a
+    /// DST change. Minutes (`m`) and hours (`h`) are elapsed time.
     pub conversion_window: String,
     /// The range of the first step; later steps may follow within the
     /// window.
     pub range: TimeRangeInput,
+    /// IANA name, default `UTC`: the calendar `d` and `w` windows count in.
     pub timezone: Option<String>,
     /// `userId` (default) or `sessionId`.
     pub count_by: Option<String>,

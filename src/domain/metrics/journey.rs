@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Days, Duration, LocalResult, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Days, Duration, LocalResult, NaiveDateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, Statement};
 use serde_json::Value;
@@ -135,7 +135,13 @@ impl ConversionWindow {
         match self {
             ConversionWindow::Fixed(d) => start.checked_add_signed(d),
             ConversionWindow::Days(n) => {
-                let local = time::local(tz, start).checked_add_days(Days::new(n))?;
+                // Checked all the way: `naive_local` panics at the ends of
+                // the representable dates.
+                let offset = tz.offset_from_utc_datetime(&start.naive_utc()).fix();
+                let local = start
+                    .naive_utc()
+                    .checked_add_offset(offset)?
+                    .checked_add_days(Days::new(n))?;
                 first_instant_at_or_after(tz, local)
             }
         }
@@ -628,4 +634,55 @@ pub async fn retention(
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, TimeZone, Utc};
+    use chrono_tz::Tz;
+
+    use super::ConversionWindow;
+
+    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
+            .single()
+            .expect("valid")
+    }
+
+    #[test]
+    fn a_day_window_follows_the_zones_calendar() {
+        let berlin = Tz::Europe__Berlin;
+        let day = ConversionWindow::parse("1d").expect("valid");
+        assert_eq!(day, ConversionWindow::Days(1));
+        // Noon to noon across the spring change: 23 hours.
+        assert_eq!(
+            day.end(berlin, at(2026, 3, 28, 11, 0)),
+            Some(at(2026, 3, 29, 10, 0))
+        );
+        assert_eq!(
+            day.end(Tz::UTC, at(2026, 3, 28, 11, 0)),
+            Some(at(2026, 3, 29, 11, 0))
+        );
+        // Ending in the gap (02:30 does not exist): the gap's end, 03:00.
+        assert_eq!(
+            day.end(berlin, at(2026, 3, 28, 1, 30)),
+            Some(at(2026, 3, 29, 1, 0))
+        );
+        let hours = ConversionWindow::parse("24h").expect("valid");
+        assert_eq!(
+            hours.end(berlin, at(2026, 3, 28, 11, 0)),
+            Some(at(2026, 3, 29, 11, 0))
+        );
+    }
+
+    #[test]
+    fn a_window_past_the_last_date_has_no_end_rather_than_a_panic() {
+        let late = DateTime::<Utc>::MAX_UTC;
+        assert_eq!(
+            ConversionWindow::Days(14).end(Tz::Europe__Berlin, late),
+            None
+        );
+        let hours = ConversionWindow::parse("2h").expect("valid");
+        assert_eq!(hours.end(Tz::UTC, late), None);
+    }
 }
