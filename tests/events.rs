@@ -926,3 +926,37 @@ async fn demo_seeding_goes_through_the_writer_and_is_idempotent() {
             .all(|e| e["properties"]["amount"].is_number() && e["source"] == "demo")
     );
 }
+
+#[tokio::test]
+async fn a_property_key_with_a_quote_is_refused_alike_on_both_backends() {
+    let app = spawn_app().await;
+    let acme = app.tenant("acme").await;
+    let token = app.token(&acme, Role::Editor);
+    let stored = json!([{ "type": "t", "properties": { "a\"b": 1, "plain": 1 } }]);
+    assert_eq!(app.post_events(&token, stored).await.0, 202);
+
+    // SQLite's JSON paths cannot name such a key (it used to match nothing
+    // there while PostgreSQL matched it): both backends refuse it.
+    let query = "query($f: EventFilterInput) { events(filter: $f) { edges { cursor } } }";
+    for key in ["a\"b", "a\\b", "a\u{1}b"] {
+        let body = app
+            .gql_as(&token, query, json!({ "f": { "properties": { key: 1 } } }))
+            .await;
+        assert_code(&body, "BAD_USER_INPUT");
+        assert_eq!(
+            body["errors"][0]["extensions"]["field"], "filter.properties",
+            "{body}"
+        );
+    }
+    let body = app
+        .gql_as(
+            &token,
+            query,
+            json!({ "f": { "properties": { "plain": 1 } } }),
+        )
+        .await;
+    assert_eq!(
+        data(&body)["events"]["edges"].as_array().map(Vec::len),
+        Some(1)
+    );
+}

@@ -257,3 +257,45 @@ async fn retention_is_a_matrix_of_weekly_cohorts() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_funnel_window_in_days_counts_local_calendar_days_of_its_zone() {
+    let app = spawn_app().await;
+    // Noon in Berlin the day before the spring change (2026-03-29, 02:00
+    // → 03:00), then a purchase 23.5 hours later: within one UTC day, but
+    // after noon Berlin time the next day, when a Berlin day ends (23 h).
+    let token = tenant_with(
+        &app,
+        "funnel-dst",
+        vec![
+            ev("signup", "uA", "2026-03-28T11:00:00Z", json!({})),
+            ev("purchase", "uA", "2026-03-29T10:30:00Z", json!({})),
+        ],
+    )
+    .await;
+    let converted = |window: &str, zone: Option<&str>| {
+        let mut input = json!({
+            "steps": [ { "eventType": "signup" }, { "eventType": "purchase" } ],
+            "conversionWindow": window,
+            "range": { "from": "2026-03-28T00:00:00Z", "to": "2026-03-29T00:00:00Z" },
+        });
+        if let Some(zone) = zone {
+            input["timezone"] = json!(zone);
+        }
+        let (app, token) = (&app, &token);
+        async move {
+            let body = app.gql_as(token, FUNNEL, json!({ "i": input })).await;
+            data(&body)["funnel"]["steps"][1]["count"].clone()
+        }
+    };
+    assert_eq!(converted("1d", None).await, 1, "a UTC day is 24 h");
+    assert_eq!(converted("1d", Some("UTC")).await, 1);
+    assert_eq!(
+        converted("1d", Some("Europe/Berlin")).await,
+        0,
+        "that Berlin day is 23 h"
+    );
+    // Hours stay elapsed time in any zone.
+    assert_eq!(converted("24h", Some("Europe/Berlin")).await, 1);
+    assert_eq!(converted("1w", Some("Europe/Berlin")).await, 1);
+}

@@ -809,7 +809,7 @@ async fn a_query_past_the_statement_timeout_answers_query_timeout() {
 
 #[tokio::test]
 async fn the_database_itself_stops_a_statement_past_the_deadline() {
-    use pulse::domain::metrics::{Session, session};
+    use pulse::domain::metrics::{Snapshot, snapshot};
     use sea_orm::Statement;
     use std::time::Duration;
 
@@ -826,7 +826,7 @@ async fn the_database_itself_stops_a_statement_past_the_deadline() {
     let db = &app.state.db;
     let sql = |text: &str| Statement::from_string(db.get_database_backend(), text);
 
-    let mut session = Session::begin(db, &ctx, Duration::from_millis(200))
+    let mut session = Snapshot::begin(db, &ctx, Duration::from_millis(200))
         .await
         .expect("session");
     // A statement that never ends on its own, awaited without the
@@ -840,11 +840,11 @@ async fn the_database_itself_stops_a_statement_past_the_deadline() {
         .await
         .expect("the database did not stop the statement");
     let err = outcome.expect_err("an endless statement returned rows");
-    assert!(session::cancelled_by_database(&err), "{err}");
+    assert!(snapshot::cancelled_by_database(&err), "{err}");
     drop(session);
 
     // The database is free again: a new session answers at once.
-    let mut next = Session::begin(db, &ctx, Duration::from_secs(10))
+    let mut next = Snapshot::begin(db, &ctx, Duration::from_secs(10))
         .await
         .expect("session");
     let row = next

@@ -220,11 +220,15 @@ pub struct FunnelStepInput {
 pub struct FunnelInput {
     /// 2 to 10 ordered steps.
     pub steps: Vec<FunnelStepInput>,
-    /// How long after the first step the last may come, e.g. `7d`.
+    /// How long after the first step the last may come, e.g. `7d`. Days
+    /// (`d`) and weeks (`w`) are local calendar days in `timezone`: `1d`
+    /// from noon ends at noon the next day, 23 or 25 hours later across a
+    /// DST change. Minutes (`m`) and hours (`h`) are elapsed time.
     pub conversion_window: String,
     /// The range of the first step; later steps may follow within the
     /// window.
     pub range: TimeRangeInput,
+    /// IANA name, default `UTC`: the calendar `d` and `w` windows count in.
     pub timezone: Option<String>,
     /// `userId` (default) or `sessionId`.
     pub count_by: Option<String>,
@@ -413,6 +417,7 @@ pub(crate) async fn run_funnel(
         timezone: input.timezone,
         count_by: input.count_by,
         breakdown: input.breakdown,
+        max_span: Some(state(ctx)?.config.analytics.max_range),
     };
     let result = analytic(ctx, caller, move |app, caller| async move {
         journey::funnel(&app.db, &caller, query, app.config.query_timeout).await
@@ -447,6 +452,7 @@ pub(crate) async fn run_retention(
         last: input.range.last,
         timezone: input.timezone,
         count_by: input.count_by,
+        max_span: Some(state(ctx)?.config.analytics.max_range),
     };
     let cohorts = analytic(ctx, caller, move |app, caller| async move {
         journey::retention(&app.db, &caller, query, app.config.query_timeout).await

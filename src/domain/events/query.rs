@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
     Alias, Cond, Expr, ExprTrait, Order, Query, SelectStatement, Value as SqlValue,
 };
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -114,11 +114,32 @@ pub async fn list(
     after: Option<&str>,
 ) -> AppResult<Page<EventRecord>> {
     let backend = db.get_database_backend();
+    let stmt = list_statement(backend, ctx.tenant_id, filter, first, after)?;
+    let rows = scoped(db, ctx, move |txn| {
+        Box::pin(async move { Ok(txn.query_all_raw(stmt).await?) })
+    })
+    .await?;
+    let records = rows
+        .iter()
+        .map(|row| decode(backend, row))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::from_overfetch(records, first))
+}
+
+/// The statement [`list`] runs, built without a database (the golden
+/// tests snapshot it): one page plus one row, to tell whether more follow.
+pub fn list_statement(
+    backend: DbBackend,
+    tenant: Uuid,
+    filter: &EventFilter,
+    first: u64,
+    after: Option<&str>,
+) -> AppResult<Statement> {
     let after = after.map(decode_cursor).transpose()?;
     let mut q = Query::select();
     q.columns(COLUMNS.map(Alias::new))
         .from(Alias::new("events"))
-        .and_where(Expr::col(Alias::new("tenant_id")).eq(ctx.tenant_id));
+        .and_where(Expr::col(Alias::new("tenant_id")).eq(tenant));
     apply_filter(&mut q, backend, filter)?;
     if let Some((micros, id)) = after {
         let at = time_value(backend, micros_to_time(micros));
@@ -135,16 +156,7 @@ pub async fn list(
     q.order_by(Alias::new("occurred_at"), Order::Desc)
         .order_by(Alias::new("id"), Order::Desc)
         .limit(first + 1);
-
-    let rows = scoped(db, ctx, move |txn| {
-        Box::pin(async move { Ok(txn.query_all(&q).await?) })
-    })
-    .await?;
-    let records = rows
-        .iter()
-        .map(|row| decode(backend, row))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Page::from_overfetch(records, first))
+    Ok(backend.build(&q))
 }
 
 fn apply_filter(q: &mut SelectStatement, backend: DbBackend, f: &EventFilter) -> AppResult<()> {
@@ -192,6 +204,17 @@ fn property_equals(backend: DbBackend, key: &str, value: &Value) -> AppResult<Ex
     if matches!(value, Value::Object(_) | Value::Array(_)) {
         return Err(not_scalar());
     }
+    // SQLite's JSON paths have no escape for `"` (a quoted key ends at the
+    // next one), so such a key silently matched nothing there while
+    // PostgreSQL's containment matched it. Both backends refuse it instead,
+    // with backslashes and control characters, which the two read
+    // differently too.
+    if key.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+        return Err(AppError::bad_input(
+            "filter.properties",
+            "property keys must not contain quotes, backslashes or control characters",
+        ));
+    }
     if backend == DbBackend::Postgres {
         let mut probe = Map::new();
         probe.insert(key.to_owned(), value.clone());
@@ -200,7 +223,7 @@ fn property_equals(backend: DbBackend, key: &str, value: &Value) -> AppResult<Ex
             [Value::Object(probe).to_string()],
         ));
     }
-    let path = format!("$.\"{}\"", key.replace('"', "\\\""));
+    let path = format!("$.\"{key}\"");
     Ok(match value {
         Value::Null => Expr::cust_with_values("json_type(properties, ?) = 'null'", [path]),
         Value::Bool(b) => Expr::cust_with_values(

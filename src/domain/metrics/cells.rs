@@ -11,8 +11,9 @@
 use std::collections::HashMap;
 
 use chrono::NaiveDateTime;
+use sea_orm::{DbBackend, Statement};
 
-use super::Session;
+use super::Snapshot;
 use super::plan::{Measure, Plan};
 use super::raw::{self, Aggregates, GroupKey};
 
@@ -72,16 +73,13 @@ fn merged<'a>(parts: impl IntoIterator<Item = &'a Partial>) -> Partial {
     total
 }
 
-/// Answers a decomposable `plan` from one statement, or `None` when it has
-/// more than [`MAX_CELLS`] cells.
-pub async fn aggregate(
-    s: &mut Session,
+/// The one statement: per-cell partials, at most [`MAX_CELLS`] + 1 rows.
+pub fn statement(
+    backend: DbBackend,
     plan: &Plan,
     tenant: uuid::Uuid,
     rollup: Option<raw::Window>,
-) -> Result<Option<Aggregates>, sea_orm::DbErr> {
-    let backend = s.backend();
-    let n = plan.group_by.len();
+) -> Statement {
     let g = raw::group_columns(plan);
     let mut sql = raw::new_sql(backend);
     let inner = raw::inner(&mut sql, plan, tenant, rollup);
@@ -106,7 +104,22 @@ pub async fn aggregate(
         max = numeric("max"),
         limit = MAX_CELLS + 1,
     );
-    let rows = s.query_all(raw::statement(sql, text)).await?;
+    raw::statement(sql, text)
+}
+
+/// Answers a decomposable `plan` from one statement, or `None` when it has
+/// more than [`MAX_CELLS`] cells.
+pub async fn aggregate(
+    s: &mut Snapshot,
+    plan: &Plan,
+    tenant: uuid::Uuid,
+    rollup: Option<raw::Window>,
+) -> Result<Option<Aggregates>, sea_orm::DbErr> {
+    let backend = s.backend();
+    let n = plan.group_by.len();
+    let rows = s
+        .query_all(statement(backend, plan, tenant, rollup))
+        .await?;
     if rows.len() > MAX_CELLS {
         return Ok(None);
     }
@@ -120,10 +133,7 @@ pub async fn aggregate(
             min: raw::float(row, n + 3)?,
             max: raw::float(row, n + 4)?,
         };
-        skipped += row
-            .try_get_by_index::<Option<i64>>(n + 5)?
-            .unwrap_or(0)
-            .max(0) as u64;
+        skipped += raw::skipped(row, n + 5)?;
         cells
             .entry(raw::key(row, 1, n)?)
             .or_default()

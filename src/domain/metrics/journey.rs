@@ -2,20 +2,21 @@
 //! sequence of events rather than about event counts.
 //!
 //! The database selects the caller's matching events, sorted by actor and
-//! time, with a flag per step; the sequences are walked here. That keeps
-//! the definitions exact and identical on both backends, and streams one
-//! pass over the rows.
+//! time, with a flag per step; the sequences are walked here as the rows
+//! stream in, holding one actor's state at a time. That keeps the
+//! definitions exact and identical on both backends.
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
-use sea_orm::DatabaseConnection;
+use chrono::{DateTime, Days, Duration, LocalResult, NaiveDateTime, Offset, TimeZone, Utc};
+use chrono_tz::Tz;
+use sea_orm::{DatabaseConnection, DbBackend, DbErr, Statement};
 use serde_json::Value;
 
 use super::plan::{self, Field, FilterOp};
 use super::raw::{self, percentile_cont};
 use super::time::{self, Granularity};
-use super::{OTHER, Session, within};
+use super::{OTHER, Snapshot, within};
 use crate::auth::TenantCtx;
 use crate::domain::events::query::{time_at, time_value};
 use crate::error::{AppError, AppResult};
@@ -49,6 +50,19 @@ impl Actor {
             Actor::Session => "session_id",
         }
     }
+
+    /// The column where the statement filters and sorts on it. On SQLite
+    /// a unary `+` keeps the planner off the `(tenant_id, user_id)` index,
+    /// which it otherwise picks to skip the sort and then walks the
+    /// tenant's whole history (`tests/plans.rs`); sorting the time range's
+    /// rows costs what the answer costs.
+    fn sort_key(self, backend: DbBackend) -> String {
+        if backend == DbBackend::Postgres {
+            self.column().to_owned()
+        } else {
+            format!("+{}", self.column())
+        }
+    }
 }
 
 pub struct FunnelStepQuery {
@@ -66,6 +80,9 @@ pub struct FunnelQuery {
     pub count_by: Option<String>,
     /// `properties.<key>` of each actor's first-step event.
     pub breakdown: Option<String>,
+    /// The widest range allowed (`PULSE_MAX_RANGE_DAYS`); `None`: the
+    /// default.
+    pub max_span: Option<chrono::Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -88,31 +105,105 @@ pub struct FunnelResult {
     pub breakdowns: Vec<(Value, Vec<FunnelStep>)>,
 }
 
-fn window(raw: &str) -> AppResult<Duration> {
-    plan::parse_relative(raw).ok_or_else(|| {
-        AppError::bad_input(
-            "input.conversionWindow",
-            format!("`{raw}` is not a duration such as 30m, 24h, 7d or 2w"),
-        )
-    })
+/// How long after its first step an actor may convert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConversionWindow {
+    /// `m` and `h`: elapsed time.
+    Fixed(Duration),
+    /// `d` and `w`: that many local calendar days in the funnel's zone, so
+    /// a day across a DST change is 23 or 25 hours, as people count it.
+    Days(u64),
 }
 
-pub async fn funnel(
-    db: &DatabaseConnection,
-    ctx: &TenantCtx,
-    q: FunnelQuery,
-    timeout: std::time::Duration,
-) -> AppResult<FunnelResult> {
-    let now = Utc::now();
+impl ConversionWindow {
+    fn parse(raw: &str) -> AppResult<ConversionWindow> {
+        let duration = plan::parse_relative(raw).ok_or_else(|| {
+            AppError::bad_input(
+                "input.conversionWindow",
+                format!("`{raw}` is not a duration such as 30m, 24h, 7d or 2w"),
+            )
+        })?;
+        // The shared parser validates the number and unit; the unit alone
+        // says whether the window counts calendar days.
+        Ok(if raw.trim().ends_with(['d', 'w']) {
+            ConversionWindow::Days(duration.num_days().unsigned_abs())
+        } else {
+            ConversionWindow::Fixed(duration)
+        })
+    }
+
+    /// The last instant a conversion may happen for a first step at
+    /// `start`; `None` past the representable dates.
+    fn end(self, tz: Tz, start: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            ConversionWindow::Fixed(d) => start.checked_add_signed(d),
+            ConversionWindow::Days(n) => {
+                // Checked all the way: `naive_local` panics at the ends of
+                // the representable dates.
+                let offset = tz.offset_from_utc_datetime(&start.naive_utc()).fix();
+                let local = start
+                    .naive_utc()
+                    .checked_add_offset(offset)?
+                    .checked_add_days(Days::new(n))?;
+                first_instant_at_or_after(tz, local)
+            }
+        }
+    }
+}
+
+/// The instant of a local time; the earlier one when clocks go back, the
+/// end of the gap when they go forward (as buckets start, see
+/// [`time::buckets`]).
+fn first_instant_at_or_after(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+    let mut probe = local;
+    // DST gaps are whole minutes and at most a few hours long.
+    for _ in 0..=24 * 60 {
+        match tz.from_local_datetime(&probe) {
+            LocalResult::Single(t) => return Some(t.with_timezone(&Utc)),
+            LocalResult::Ambiguous(earliest, _) => return Some(earliest.with_timezone(&Utc)),
+            LocalResult::None => probe = probe.checked_add_signed(Duration::minutes(1))?,
+        }
+    }
+    None
+}
+
+/// A validated funnel: what [`funnel`] runs, and what the golden tests
+/// snapshot through [`FunnelPlan::statement`].
+pub struct FunnelPlan {
+    steps: Vec<(String, Vec<plan::Filter>)>,
+    window: ConversionWindow,
+    tz: Tz,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    /// The end of the window of a first step at `to`: the last event read.
+    until: DateTime<Utc>,
+    actor: Actor,
+    breakdown: Option<Field>,
+}
+
+pub fn funnel_plan(q: FunnelQuery, now: DateTime<Utc>) -> AppResult<FunnelPlan> {
     if !(2..=MAX_STEPS).contains(&q.steps.len()) {
         return Err(AppError::bad_input(
             "input.steps",
             format!("2 to {MAX_STEPS} steps"),
         ));
     }
-    let window = window(&q.conversion_window)?;
-    plan::timezone(q.timezone.as_deref(), "input.timezone")?;
-    let (from, to) = plan::range(q.from, q.to, q.last.as_deref(), now, "input.range")?;
+    let window = ConversionWindow::parse(&q.conversion_window)?;
+    let tz = plan::timezone(q.timezone.as_deref(), "input.timezone")?;
+    let (from, to) = plan::range_within(
+        q.from,
+        q.to,
+        q.last.as_deref(),
+        now,
+        q.max_span.unwrap_or(plan::DEFAULT_MAX_SPAN),
+        "input.range",
+    )?;
+    let until = window.end(tz, to).ok_or_else(|| {
+        AppError::bad_input(
+            "input.conversionWindow",
+            "the window reaches past the last representable date",
+        )
+    })?;
     let actor = Actor::parse(q.count_by.as_deref(), "input.countBy")?;
     let breakdown = match q.breakdown.as_deref() {
         None => None,
@@ -144,75 +235,113 @@ pub async fn funnel(
             .collect::<AppResult<Vec<_>>>()?;
         steps.push((step.event_type.clone(), filters));
     }
+    Ok(FunnelPlan {
+        steps,
+        window,
+        tz,
+        from,
+        to,
+        until,
+        actor,
+        breakdown,
+    })
+}
 
-    let mut session = Session::begin(db, ctx, timeout).await?;
-    let backend = session.backend();
-    let mut sql = raw::new_sql(backend);
-    let flags: Vec<String> = steps
-        .iter()
-        .enumerate()
-        .map(|(k, (t, filters))| {
-            let mut cond = vec![format!("type = {}", sql.bind(t.clone()))];
-            cond.extend(filters.iter().map(|f| sql.filter(f)));
-            format!("CASE WHEN {} THEN 1 ELSE 0 END AS s{k}", cond.join(" AND "))
-        })
-        .collect();
-    let bd = breakdown
-        .as_ref()
-        .map(|f| sql.dimension(f))
-        .unwrap_or_else(|| "NULL".into());
-    let col = actor.column();
-    let types: Vec<String> = steps.iter().map(|(t, _)| sql.bind(t.clone())).collect();
-    let text = format!(
-        "SELECT {col}, occurred_at, {bd}, {flags} FROM events WHERE tenant_id = {tenant} \
-         AND occurred_at >= {from} AND occurred_at < {until} AND {col} IS NOT NULL AND type IN ({types}) \
-         ORDER BY {col}, occurred_at",
-        flags = flags.join(", "),
-        tenant = sql.bind(ctx.tenant_id),
-        from = sql.bind(time_value(backend, from)),
-        until = sql.bind(time_value(backend, to + window)),
-        types = types.join(", "),
-    );
-    let rows = within(timeout, session.query_all(raw::statement(sql, text))).await?;
-    session.finish().await?;
+impl FunnelPlan {
+    /// The caller's events of the steps' types, sorted by actor and time,
+    /// with a flag per step.
+    pub fn statement(&self, backend: DbBackend, tenant: uuid::Uuid) -> Statement {
+        let mut sql = raw::new_sql(backend);
+        let flags: Vec<String> = self
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(k, (t, filters))| {
+                let mut cond = vec![format!("type = {}", sql.bind(t.clone()))];
+                cond.extend(filters.iter().map(|f| sql.filter(f)));
+                format!("CASE WHEN {} THEN 1 ELSE 0 END AS s{k}", cond.join(" AND "))
+            })
+            .collect();
+        let bd = self
+            .breakdown
+            .as_ref()
+            .map(|f| sql.dimension(f))
+            .unwrap_or_else(|| "NULL".into());
+        let col = self.actor.column();
+        let key = self.actor.sort_key(backend);
+        let types: Vec<String> = self
+            .steps
+            .iter()
+            .map(|(t, _)| sql.bind(t.clone()))
+            .collect();
+        let text = format!(
+            "SELECT {col}, occurred_at, {bd}, {flags} FROM events WHERE tenant_id = {tenant} \
+             AND occurred_at >= {from} AND occurred_at <= {until} AND {key} IS NOT NULL AND type IN ({types}) \
+             ORDER BY {key}, occurred_at",
+            flags = flags.join(", "),
+            tenant = sql.bind(tenant),
+            from = sql.bind(time_value(backend, self.from)),
+            until = sql.bind(time_value(backend, self.until)),
+            types = types.join(", "),
+        );
+        raw::statement(sql, text)
+    }
+}
 
-    let n = steps.len();
+pub async fn funnel(
+    db: &DatabaseConnection,
+    ctx: &TenantCtx,
+    q: FunnelQuery,
+    timeout: std::time::Duration,
+) -> AppResult<FunnelResult> {
+    let plan = funnel_plan(q, Utc::now())?;
+    let n = plan.steps.len();
+    let (tz, to, window) = (plan.tz, plan.to, plan.window);
+
+    let mut snapshot = Snapshot::begin(db, ctx, timeout).await?;
+    let backend = snapshot.backend();
+    let stmt = plan.statement(backend, ctx.tenant_id);
     // Per breakdown value: actors reaching each step, and the seconds each
-    // conversion took.
+    // conversion took. Rows arrive sorted by actor, so only the current
+    // actor's walk is held.
     let mut tallies: HashMap<Option<String>, Tally> = HashMap::new();
     let mut current: Option<String> = None;
     let mut walk = Walk::default();
-    for row in &rows {
-        let who: String = row.try_get_by_index(0).map_err(AppError::from)?;
+    let streamed = snapshot.for_each_row(stmt, |row| {
+        let who: String = row.try_get_by_index(0)?;
         if current.as_deref() != Some(who.as_str()) {
             walk.finish(&mut tallies, n);
             walk = Walk::default();
             current = Some(who);
         }
         let at = time_at(backend, row, 1)?;
-        let value: Option<String> = row.try_get_by_index(2)?;
         let matches =
-            |k: usize| -> AppResult<bool> { Ok(row.try_get_by_index::<i32>(3 + k)? == 1) };
+            |k: usize| -> Result<bool, DbErr> { Ok(row.try_get_by_index::<i32>(3 + k)? == 1) };
         if walk.reached == 0 {
             if at < to && matches(0)? {
                 walk.times.push(at);
                 walk.reached = 1;
-                walk.group = value;
+                walk.group = row.try_get_by_index(2)?;
+                // Past the representable dates, the window has no end.
+                walk.until = window.end(tz, at).unwrap_or(DateTime::<Utc>::MAX_UTC);
             }
-        } else if walk.reached < n && at - walk.times[0] <= window && matches(walk.reached)? {
+        } else if walk.reached < n && at <= walk.until && matches(walk.reached)? {
             walk.times.push(at);
             walk.reached += 1;
         }
-    }
+        Ok(())
+    });
+    within(timeout, streamed).await?;
+    snapshot.finish().await?;
     walk.finish(&mut tallies, n);
 
-    let names: Vec<String> = steps.iter().map(|(t, _)| t.clone()).collect();
+    let names: Vec<String> = plan.steps.iter().map(|(t, _)| t.clone()).collect();
     let mut overall = Tally::new(n);
     for t in tallies.values() {
         overall.add(t);
     }
     let mut breakdowns = Vec::new();
-    if breakdown.is_some() {
+    if plan.breakdown.is_some() {
         let mut groups: Vec<(Option<String>, Tally)> = tallies.into_iter().collect();
         groups.sort_by(|a, b| {
             b.1.counts[0]
@@ -245,6 +374,8 @@ struct Walk {
     reached: usize,
     times: Vec<DateTime<Utc>>,
     group: Option<String>,
+    /// The end of the conversion window opened by the first step.
+    until: DateTime<Utc>,
 }
 
 impl Walk {
@@ -318,6 +449,8 @@ pub struct RetentionQuery {
     pub last: Option<String>,
     pub timezone: Option<String>,
     pub count_by: Option<String>,
+    /// The widest range allowed; `None`: the default.
+    pub max_span: Option<chrono::Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -332,13 +465,22 @@ pub struct Cohort {
     pub rates: Vec<Option<f64>>,
 }
 
-pub async fn retention(
-    db: &DatabaseConnection,
-    ctx: &TenantCtx,
-    q: RetentionQuery,
-    timeout: std::time::Duration,
-) -> AppResult<Vec<Cohort>> {
-    let now = Utc::now();
+/// A validated retention query: what [`retention`] runs, and what the
+/// golden tests snapshot through [`RetentionPlan::statement`].
+pub struct RetentionPlan {
+    start_event: String,
+    return_event: String,
+    periods: usize,
+    cohorts: Vec<time::Bucket>,
+    /// Every period's start, the cohorts' and the followed ones after.
+    starts: Vec<DateTime<Utc>>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    until: DateTime<Utc>,
+    actor: Actor,
+}
+
+pub fn retention_plan(q: RetentionQuery, now: DateTime<Utc>) -> AppResult<RetentionPlan> {
     for (at, t) in [
         ("input.startEvent", &q.start_event),
         ("input.returnEvent", &q.return_event),
@@ -364,7 +506,14 @@ pub async fn retention(
         }
     };
     let tz = plan::timezone(q.timezone.as_deref(), "input.timezone")?;
-    let (from, to) = plan::range(q.from, q.to, q.last.as_deref(), now, "input.range")?;
+    let (from, to) = plan::range_within(
+        q.from,
+        q.to,
+        q.last.as_deref(),
+        now,
+        q.max_span.unwrap_or(plan::DEFAULT_MAX_SPAN),
+        "input.range",
+    )?;
     let actor = Actor::parse(q.count_by.as_deref(), "input.countBy")?;
     let cohorts = time::buckets(Some(q.period), tz, from, to, MAX_PERIODS).ok_or_else(|| {
         AppError::bad_input("input.range", format!("at most {MAX_PERIODS} cohorts"))
@@ -381,34 +530,62 @@ pub async fn retention(
         .unwrap_or(to);
     let all = time::buckets(Some(q.period), tz, from, until, MAX_PERIODS * 3)
         .ok_or_else(|| AppError::bad_input("input.periods", "too many periods"))?;
-    let starts: Vec<DateTime<Utc>> = all.iter().map(|b| b.start).collect();
+    Ok(RetentionPlan {
+        start_event: q.start_event,
+        return_event: q.return_event,
+        periods,
+        cohorts,
+        starts: all.iter().map(|b| b.start).collect(),
+        from,
+        to,
+        until,
+        actor,
+    })
+}
+
+impl RetentionPlan {
+    /// The caller's start and return events, sorted by actor and time.
+    pub fn statement(&self, backend: DbBackend, tenant: uuid::Uuid) -> Statement {
+        let mut sql = raw::new_sql(backend);
+        let col = self.actor.column();
+        let key = self.actor.sort_key(backend);
+        let text = format!(
+            "SELECT {col}, occurred_at, CASE WHEN type = {s} THEN 1 ELSE 0 END, CASE WHEN type = {r} THEN 1 ELSE 0 END \
+             FROM events WHERE tenant_id = {tenant} AND occurred_at >= {from} AND occurred_at < {until} \
+             AND {key} IS NOT NULL AND type IN ({s2}, {r2}) ORDER BY {key}, occurred_at",
+            s = sql.bind(self.start_event.clone()),
+            r = sql.bind(self.return_event.clone()),
+            tenant = sql.bind(tenant),
+            from = sql.bind(time_value(backend, self.from)),
+            until = sql.bind(time_value(backend, self.until)),
+            s2 = sql.bind(self.start_event.clone()),
+            r2 = sql.bind(self.return_event.clone()),
+        );
+        raw::statement(sql, text)
+    }
+}
+
+pub async fn retention(
+    db: &DatabaseConnection,
+    ctx: &TenantCtx,
+    q: RetentionQuery,
+    timeout: std::time::Duration,
+) -> AppResult<Vec<Cohort>> {
+    let now = Utc::now();
+    let plan = retention_plan(q, now)?;
+    let (periods, to, starts) = (plan.periods, plan.to, &plan.starts);
     let period_of = |t: DateTime<Utc>| starts.partition_point(|s| *s <= t).saturating_sub(1);
 
-    let mut session = Session::begin(db, ctx, timeout).await?;
-    let backend = session.backend();
-    let mut sql = raw::new_sql(backend);
-    let col = actor.column();
-    let text = format!(
-        "SELECT {col}, occurred_at, CASE WHEN type = {s} THEN 1 ELSE 0 END, CASE WHEN type = {r} THEN 1 ELSE 0 END \
-         FROM events WHERE tenant_id = {tenant} AND occurred_at >= {from} AND occurred_at < {until} \
-         AND {col} IS NOT NULL AND type IN ({s2}, {r2}) ORDER BY {col}, occurred_at",
-        s = sql.bind(q.start_event.clone()),
-        r = sql.bind(q.return_event.clone()),
-        tenant = sql.bind(ctx.tenant_id),
-        from = sql.bind(time_value(backend, from)),
-        until = sql.bind(time_value(backend, until)),
-        s2 = sql.bind(q.start_event.clone()),
-        r2 = sql.bind(q.return_event.clone()),
-    );
-    let rows = within(timeout, session.query_all(raw::statement(sql, text))).await?;
-    session.finish().await?;
-
-    let mut size = vec![0u64; cohorts.len()];
-    let mut returned = vec![vec![0u64; periods + 1]; cohorts.len()];
+    let mut snapshot = Snapshot::begin(db, ctx, timeout).await?;
+    let backend = snapshot.backend();
+    let stmt = plan.statement(backend, ctx.tenant_id);
+    let mut size = vec![0u64; plan.cohorts.len()];
+    let mut returned = vec![vec![0u64; periods + 1]; plan.cohorts.len()];
     let mut current: Option<String> = None;
     let mut first: Option<(usize, DateTime<Utc>)> = None;
     let mut seen = vec![false; periods + 1];
-    for row in &rows {
+    // Rows arrive sorted by actor: only the current actor's state is held.
+    let streamed = snapshot.for_each_row(stmt, |row| {
         let who: String = row.try_get_by_index(0)?;
         if current.as_deref() != Some(who.as_str()) {
             current = Some(who);
@@ -421,21 +598,30 @@ pub async fn retention(
         if first.is_none() && is_start && at < to {
             let cohort = period_of(at);
             first = Some((cohort, at));
-            size[cohort] += 1;
+            if let Some(n) = size.get_mut(cohort) {
+                *n += 1;
+            }
         }
         if let Some((cohort, since)) = first
             && is_return
             && at >= since
         {
             let offset = period_of(at) - cohort;
-            if offset <= periods && !seen[offset] {
+            if offset <= periods
+                && !seen[offset]
+                && let Some(r) = returned.get_mut(cohort)
+            {
                 seen[offset] = true;
-                returned[cohort][offset] += 1;
+                r[offset] += 1;
             }
         }
-    }
+        Ok(())
+    });
+    within(timeout, streamed).await?;
+    snapshot.finish().await?;
 
-    Ok(cohorts
+    Ok(plan
+        .cohorts
         .iter()
         .enumerate()
         .map(|(c, bucket)| {
@@ -467,4 +653,55 @@ pub async fn retention(
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, TimeZone, Utc};
+    use chrono_tz::Tz;
+
+    use super::ConversionWindow;
+
+    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
+            .single()
+            .expect("valid")
+    }
+
+    #[test]
+    fn a_day_window_follows_the_zones_calendar() {
+        let berlin = Tz::Europe__Berlin;
+        let day = ConversionWindow::parse("1d").expect("valid");
+        assert_eq!(day, ConversionWindow::Days(1));
+        // Noon to noon across the spring change: 23 hours.
+        assert_eq!(
+            day.end(berlin, at(2026, 3, 28, 11, 0)),
+            Some(at(2026, 3, 29, 10, 0))
+        );
+        assert_eq!(
+            day.end(Tz::UTC, at(2026, 3, 28, 11, 0)),
+            Some(at(2026, 3, 29, 11, 0))
+        );
+        // Ending in the gap (02:30 does not exist): the gap's end, 03:00.
+        assert_eq!(
+            day.end(berlin, at(2026, 3, 28, 1, 30)),
+            Some(at(2026, 3, 29, 1, 0))
+        );
+        let hours = ConversionWindow::parse("24h").expect("valid");
+        assert_eq!(
+            hours.end(berlin, at(2026, 3, 28, 11, 0)),
+            Some(at(2026, 3, 29, 11, 0))
+        );
+    }
+
+    #[test]
+    fn a_window_past_the_last_date_has_no_end_rather_than_a_panic() {
+        let late = DateTime::<Utc>::MAX_UTC;
+        assert_eq!(
+            ConversionWindow::Days(14).end(Tz::Europe__Berlin, late),
+            None
+        );
+        let hours = ConversionWindow::parse("2h").expect("valid");
+        assert_eq!(hours.end(Tz::UTC, late), None);
+    }
 }

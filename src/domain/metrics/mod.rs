@@ -8,7 +8,7 @@ pub mod gate;
 pub mod journey;
 pub mod plan;
 pub mod raw;
-pub mod session;
+pub mod snapshot;
 pub mod time;
 
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use sea_orm::{DatabaseConnection, DbErr};
 use serde_json::{Map, Value};
 
 pub use plan::{FilterOp, Measure, MetricQuery};
-pub use session::Session;
+pub use snapshot::Snapshot;
 pub use time::Granularity;
 
 use crate::auth::TenantCtx;
@@ -90,7 +90,7 @@ pub(crate) async fn run_plan(
     timeout: Duration,
 ) -> AppResult<MetricResult> {
     let started = Instant::now();
-    let mut session = Session::begin(db, ctx, timeout).await?;
+    let mut session = Snapshot::begin(db, ctx, timeout).await?;
     let aggregates = within(timeout, raw::aggregate(&mut session, plan, ctx.tenant_id)).await?;
     session.finish().await?;
     let db_time = started.elapsed();
@@ -103,7 +103,7 @@ pub(crate) async fn run_plan(
 }
 
 /// Awaits `query` for at most `timeout`; running out, here or on the
-/// database (see [`session`]), answers `QUERY_TIMEOUT`.
+/// database (see [`snapshot`]), answers `QUERY_TIMEOUT`.
 pub(crate) async fn within<T>(
     timeout: Duration,
     query: impl Future<Output = Result<T, DbErr>>,
@@ -116,7 +116,7 @@ pub(crate) async fn within<T>(
     };
     match tokio::time::timeout(timeout, query).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) if session::cancelled_by_database(&e) => Err(timed_out()),
+        Ok(Err(e)) if snapshot::cancelled_by_database(&e) => Err(timed_out()),
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(timed_out()),
     }

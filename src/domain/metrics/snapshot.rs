@@ -1,6 +1,6 @@
-//! Where metric statements run: one read session per query, confined to the
-//! caller's tenant, in which the database itself stops any statement that
-//! runs past the query's deadline.
+//! Where metric statements run: one read snapshot per query, confined to
+//! the caller's tenant, whose statements the database stops at the
+//! deadline.
 //!
 //! - PostgreSQL: a tenant-scoped (RLS) transaction with a local
 //!   `statement_timeout`; the server cancels the statement. JIT is off.
@@ -15,11 +15,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::TryStreamExt;
 use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::{self, Sqlite};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, QueryResult,
-    RuntimeErr, Statement, Values,
+    RuntimeErr, Statement, StreamTrait, Values,
 };
 use sea_query_sqlx::SqlxValues;
 
@@ -36,7 +37,7 @@ const PG_QUERY_CANCELED: &str = "57014";
 /// statement.
 const SQLITE_INTERRUPT: &str = "9";
 
-pub struct Session {
+pub struct Snapshot {
     conn: Conn,
 }
 
@@ -45,14 +46,14 @@ enum Conn {
     Sqlite(Interruptible),
 }
 
-impl Session {
+impl Snapshot {
     /// Opens a session for `ctx`'s tenant whose statements the database
     /// stops `timeout` from now.
     pub async fn begin(
         db: &DatabaseConnection,
         ctx: &TenantCtx,
         timeout: Duration,
-    ) -> Result<Session, DbErr> {
+    ) -> Result<Snapshot, DbErr> {
         let conn = match db.get_database_backend() {
             DbBackend::Postgres => {
                 let txn = begin_scoped(db, ctx).await?;
@@ -73,12 +74,12 @@ impl Session {
                 Conn::Sqlite(Interruptible::begin(conn, Instant::now() + timeout).await?)
             }
         };
-        Ok(Session { conn })
+        Ok(Snapshot { conn })
     }
 
     pub fn backend(&self) -> DbBackend {
         match &self.conn {
-            Conn::Postgres(txn) => txn.get_database_backend(),
+            Conn::Postgres(txn) => ConnectionTrait::get_database_backend(txn),
             Conn::Sqlite(_) => DbBackend::Sqlite,
         }
     }
@@ -87,6 +88,26 @@ impl Session {
         match &mut self.conn {
             Conn::Postgres(txn) => txn.query_all_raw(stmt).await,
             Conn::Sqlite(conn) => conn.query_all(stmt).await,
+        }
+    }
+
+    /// Runs `stmt` and hands its rows to `each` one at a time as the
+    /// database sends them, so that a caller keeping per-actor state never
+    /// holds the whole result in memory.
+    pub async fn for_each_row(
+        &mut self,
+        stmt: Statement,
+        mut each: impl FnMut(&QueryResult) -> Result<(), DbErr> + Send,
+    ) -> Result<(), DbErr> {
+        match &mut self.conn {
+            Conn::Postgres(txn) => {
+                let mut rows = txn.stream_raw(stmt).await?;
+                while let Some(row) = rows.try_next().await? {
+                    each(&row)?;
+                }
+                Ok(())
+            }
+            Conn::Sqlite(conn) => conn.for_each_row(stmt, each).await,
         }
     }
 
@@ -139,7 +160,7 @@ impl Interruptible {
     fn conn(&mut self) -> Result<&mut PoolConnection<Sqlite>, DbErr> {
         self.conn
             .as_mut()
-            .ok_or_else(|| DbErr::Custom("the metric session has ended".into()))
+            .ok_or_else(|| DbErr::Custom("the metric snapshot has ended".into()))
     }
 
     async fn execute(&mut self, sql: &'static str) -> Result<(), DbErr> {
@@ -157,6 +178,20 @@ impl Interruptible {
             .await
             .map_err(query_err)?;
         Ok(rows.into_iter().map(QueryResult::from).collect())
+    }
+
+    async fn for_each_row(
+        &mut self,
+        stmt: Statement,
+        mut each: impl FnMut(&QueryResult) -> Result<(), DbErr> + Send,
+    ) -> Result<(), DbErr> {
+        let values = SqlxValues(stmt.values.unwrap_or(Values(Vec::new())));
+        let mut rows =
+            sqlx::query_with(sqlx::AssertSqlSafe(stmt.sql), values).fetch(&mut **self.conn()?);
+        while let Some(row) = rows.try_next().await.map_err(query_err)? {
+            each(&QueryResult::from(row))?;
+        }
+        Ok(())
     }
 
     async fn finish(mut self) -> Result<(), DbErr> {
