@@ -114,6 +114,9 @@ pub struct Limits {
     pub max_depth: usize,
     /// Largest accepted GraphQL complexity (connections count `first` times).
     pub max_complexity: usize,
+    /// Most lexical tokens a GraphQL document may have; counted before it
+    /// is parsed, so a huge document costs a scan, not a parse.
+    pub max_tokens: usize,
 }
 
 #[derive(Clone)]
@@ -249,6 +252,7 @@ impl Config {
                 body_bytes: number(&get, "PULSE_BODY_LIMIT", 1 << 20, 1024..=(256 << 20))?,
                 max_depth: number(&get, "PULSE_MAX_DEPTH", 15, 2..=100)?,
                 max_complexity: number(&get, "PULSE_MAX_COMPLEXITY", 5_000, 10..=1_000_000)?,
+                max_tokens: number(&get, "PULSE_MAX_QUERY_TOKENS", 15_000, 100..=1_000_000)?,
             },
             ingest: IngestConfig {
                 max_events: number(&get, "PULSE_INGEST_MAX_EVENTS", 10_000, 1..=100_000)?,

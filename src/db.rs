@@ -28,7 +28,7 @@ use migration::{Migrator, MigratorTrait};
 use prometheus_client::metrics::counter::Counter;
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, Statement, TransactionTrait,
+    DbErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
@@ -180,8 +180,8 @@ pub async fn detached<T: Send + 'static>(
     }
 }
 
-/// Runs `work` in a transaction confined to `ctx`'s tenant (see the module
-/// doc), on a detached task; commits on `Ok`, rolls back on `Err`.
+/// Runs `work` in a read transaction confined to `ctx`'s tenant (see the
+/// module doc), on a detached task; commits on `Ok`, rolls back on `Err`.
 pub async fn scoped<T, F>(db: &DatabaseConnection, ctx: &TenantCtx, work: F) -> AppResult<T>
 where
     T: Send + 'static,
@@ -189,15 +189,40 @@ where
 {
     let (db, ctx) = (db.clone(), ctx.clone());
     detached(async move {
-        let txn = begin_scoped(&db, &ctx).await?;
+        let txn = begin_scoped_as(&db, &ctx, false).await?;
         finish(txn, work).await
     })
     .await
 }
 
+/// [`scoped`] for work that writes. On SQLite it takes the write lock at
+/// `BEGIN` (IMMEDIATE): a deferred transaction that reads and then writes
+/// fails at once with `SQLITE_BUSY_SNAPSHOT` when another writer committed
+/// in between, where an immediate one waits its turn (busy timeout).
+pub async fn scoped_write<T, F>(db: &DatabaseConnection, ctx: &TenantCtx, work: F) -> AppResult<T>
+where
+    T: Send + 'static,
+    F: for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, AppResult<T>> + Send + 'static,
+{
+    let (db, ctx) = (db.clone(), ctx.clone());
+    detached(async move {
+        let txn = begin_scoped_as(&db, &ctx, true).await?;
+        finish(txn, work).await
+    })
+    .await
+}
+
+fn write_options() -> TransactionOptions {
+    TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    }
+}
+
 /// Runs `work` in a transaction on the connection's own role, which
 /// bypasses row-level security: for the named system paths only (see the
-/// module doc). Detached like [`scoped`].
+/// module doc), which all write (so, like [`scoped_write`], IMMEDIATE on
+/// SQLite). Detached like [`scoped`].
 pub async fn transaction<T, F>(db: &DatabaseConnection, work: F) -> AppResult<T>
 where
     T: Send + 'static,
@@ -205,7 +230,7 @@ where
 {
     let db = db.clone();
     detached(async move {
-        let txn = db.begin().await?;
+        let txn = db.begin_with_options(write_options()).await?;
         finish(txn, work).await
     })
     .await
@@ -235,7 +260,19 @@ pub(crate) async fn begin_scoped(
     db: &DatabaseConnection,
     ctx: &TenantCtx,
 ) -> Result<DatabaseTransaction, DbErr> {
-    let txn = db.begin().await?;
+    begin_scoped_as(db, ctx, false).await
+}
+
+async fn begin_scoped_as(
+    db: &DatabaseConnection,
+    ctx: &TenantCtx,
+    write: bool,
+) -> Result<DatabaseTransaction, DbErr> {
+    let txn = if write {
+        db.begin_with_options(write_options()).await?
+    } else {
+        db.begin().await?
+    };
     if txn.get_database_backend() == DbBackend::Postgres {
         txn.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,

@@ -343,6 +343,90 @@ async fn batches_hold_at_most_twenty_operations() {
 }
 
 #[tokio::test]
+async fn documents_are_bounded_in_tokens_and_nesting_before_they_are_parsed() {
+    let app = spawn_app_with(|s| {
+        s.set("PULSE_MAX_QUERY_TOKENS", 600);
+    })
+    .await;
+    let t = app.tenant("lexer").await;
+    let token = app.token(&t, Role::Viewer);
+    // `{` + n × `aN: __typename` (3 tokens each) + `}`.
+    let aliases = |n: usize| {
+        let fields: String = (0..n).map(|i| format!(" a{i}: __typename")).collect();
+        format!("{{{fields} }}")
+    };
+    let at = app.gql_as(&token, &aliases(199), json!({})).await;
+    assert!(at.get("errors").is_none(), "{at}");
+    assert_eq!(data(&at)["a198"], "Query");
+    let past = app.gql_as(&token, &aliases(200), json!({})).await;
+    assert_code(&past, "QUERY_TOO_COMPLEX");
+    assert!(
+        past["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("602 tokens"),
+        "{past}"
+    );
+
+    // Nesting: the depth limit (15) plus 32 brackets is refused lexically,
+    // whatever the document's size, long before the parser would recurse.
+    let nested = |n: usize| format!("{}{}", "{ a ".repeat(n), "}".repeat(n));
+    let deep = app.gql_as(&token, &nested(48), json!({})).await;
+    assert_code(&deep, "QUERY_TOO_DEEP");
+    assert!(
+        deep["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("47 deep"),
+        "{deep}"
+    );
+    // Within the lexical bound, the parser runs and the selection depth
+    // limit answers with the same code.
+    let shallower = app.gql_as(&token, &nested(20), json!({})).await;
+    assert_code(&shallower, "QUERY_TOO_DEEP");
+    assert!(
+        !shallower["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("47 deep")
+    );
+}
+
+#[tokio::test]
+async fn nul_characters_are_bad_input_wherever_they_come_from() {
+    let app = spawn_app().await;
+    let t = app.tenant("nul").await;
+    let token = app.token(&t, Role::Viewer);
+    // Inline, escaped in the document: a filter value and a field name.
+    for query in [
+        r#"{ metrics(query: {measure: COUNT, range: {last: "7d"}, filters: [{field: "userId", op: EQ, value: "a\u0000b"}]}) { total } }"#,
+        r#"{ metrics(query: {measure: COUNT, range: {last: "7d"}, filters: [{field: "properties.\u0000", op: EXISTS}]}) { total } }"#,
+        r#"{ metrics(query: {measure: COUNT, range: {last: "7d"}, groupBy: ["properties.\u{0}"]}) { total } }"#,
+    ] {
+        let body = app.gql_as(&token, query, json!({})).await;
+        assert_code(&body, "BAD_USER_INPUT");
+    }
+    // In variables, in a list or a plain string.
+    for q in [
+        json!({"measure": "COUNT", "range": {"last": "7d"}, "filters": [{"field": "userId", "op": "IN", "value": ["x", "a\u{0}"]}]}),
+        json!({"measure": "COUNT", "range": {"last": "7d"}, "groupBy": ["properties.a\u{0}"]}),
+    ] {
+        let body = app.gql_as(&token, METRICS, json!({ "q": q })).await;
+        assert_code(&body, "BAD_USER_INPUT");
+    }
+    // A backslash before `u0000` is text, not a NUL: the query runs.
+    let ok = app
+        .gql_as(
+            &token,
+            r#"{ metrics(query: {measure: COUNT, range: {last: "7d"}, filters: [{field: "userId", op: EQ, value: "a\\u0000b"}]}) { total } }"#,
+            json!({}),
+        )
+        .await;
+    assert!(ok.get("errors").is_none(), "{ok}");
+    assert_eq!(data(&ok)["metrics"]["total"], 0.0);
+}
+
+#[tokio::test]
 async fn filters_and_lists_are_bounded_at_and_past_the_limits() {
     let app = spawn_app().await;
     let t = app.tenant("filters").await;

@@ -9,6 +9,7 @@ mod cli;
 mod dashboards;
 mod events;
 mod formulas;
+mod fuzz;
 mod golden;
 mod graphiql;
 mod hardening;

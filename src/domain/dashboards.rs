@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::audit::{self, Actor, Change};
 use super::page::{Page, PageRequest};
 use crate::auth::{RequestMeta, Role, TenantCtx};
-use crate::db::scoped;
+use crate::db::{scoped, scoped_write};
 use crate::entities::{dashboard, dashboard_permission, dashboard_version, share_link, user};
 use crate::error::{AppError, AppResult};
 
@@ -446,7 +446,7 @@ pub async fn create(
     require_editor(ctx)?;
     validate(&input)?;
     let (caller, meta) = (ctx.clone(), meta.clone());
-    scoped(db, ctx, move |txn| {
+    scoped_write(db, ctx, move |txn| {
         Box::pin(async move {
             let now = Utc::now();
             let mut active = dashboard::ActiveModel {
@@ -553,7 +553,7 @@ async fn save(
     expected_version: Option<i32>,
 ) -> AppResult<Dashboard> {
     let (caller, meta) = (ctx.clone(), meta.clone());
-    scoped(db, ctx, move |txn| {
+    scoped_write(db, ctx, move |txn| {
         Box::pin(async move {
             let current = load_for(txn, &caller, id, Permission::Edit).await?;
             if let Some(expected) = expected_version
@@ -618,7 +618,7 @@ pub async fn delete(
 ) -> AppResult<bool> {
     require_editor(ctx)?;
     let (caller, meta) = (ctx.clone(), meta.clone());
-    scoped(db, ctx, move |txn| {
+    scoped_write(db, ctx, move |txn| {
         Box::pin(async move {
             let Some(found) = load(txn, &caller, id).await? else {
                 return Ok(false);
@@ -663,7 +663,7 @@ pub async fn share(
     let email = super::users::normalize_email(email)
         .map_err(|_| AppError::bad_input("userEmail", "not a valid email address"))?;
     let (caller, meta) = (ctx.clone(), meta.clone());
-    scoped(db, ctx, move |txn| {
+    scoped_write(db, ctx, move |txn| {
         Box::pin(async move {
             let found = load_for(txn, &caller, id, Permission::Share).await?;
             if permission > found.access {
@@ -724,7 +724,7 @@ pub async fn publish(
 ) -> AppResult<Dashboard> {
     require_editor(ctx)?;
     let (caller, meta) = (ctx.clone(), meta.clone());
-    scoped(db, ctx, move |txn| {
+    scoped_write(db, ctx, move |txn| {
         Box::pin(async move {
             let found = load_for(txn, &caller, id, Permission::Edit).await?;
             let mut active: dashboard::ActiveModel = found.model.clone().into();
@@ -813,7 +813,7 @@ pub async fn create_link(
         return Err(AppError::bad_input("expiresIn", "at most 366 days"));
     }
     let (caller, meta) = (ctx.clone(), meta.clone());
-    let link = scoped(db, ctx, move |txn| {
+    let link = scoped_write(db, ctx, move |txn| {
         Box::pin(async move {
             let found = load_for(txn, &caller, id, Permission::Share).await?;
             let declared: Vec<Value> = found
@@ -906,7 +906,7 @@ pub async fn revoke_link(
 ) -> AppResult<bool> {
     require_editor(ctx)?;
     let (caller, meta) = (ctx.clone(), meta.clone());
-    scoped(db, ctx, move |txn| {
+    scoped_write(db, ctx, move |txn| {
         Box::pin(async move {
             let Some(link) = share_link::Entity::find_by_id(link_id)
                 .filter(share_link::Column::TenantId.eq(caller.tenant_id))

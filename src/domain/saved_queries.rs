@@ -24,7 +24,7 @@ use super::audit::{self, Actor, Change};
 use super::metrics::plan;
 use super::page::{Page, PageRequest};
 use crate::auth::{RequestMeta, Role, TenantCtx};
-use crate::db::scoped;
+use crate::db::{scoped, scoped_write};
 use crate::entities::saved_query;
 use crate::error::{AppError, AppResult};
 
@@ -455,7 +455,7 @@ pub async fn create(
     let (name, description) = validate(&input)?;
     let (caller, meta) = (ctx.clone(), meta.clone());
     let parameters = serde_json::to_value(&input.parameters).map_err(AppError::internal)?;
-    let model = scoped(db, ctx, move |txn| {
+    let model = scoped_write(db, ctx, move |txn| {
         Box::pin(async move {
             let now = Utc::now();
             let created = saved_query::Entity::insert(saved_query::ActiveModel {
@@ -501,7 +501,7 @@ pub async fn update(
     let (caller, meta) = (ctx.clone(), meta.clone());
     let parameters = serde_json::to_value(&input.parameters).map_err(AppError::internal)?;
     let condition = visible(ctx);
-    let model = scoped(db, ctx, move |txn| {
+    let model = scoped_write(db, ctx, move |txn| {
         Box::pin(async move {
             let current = saved_query::Entity::find_by_id(id)
                 .filter(condition)
@@ -548,7 +548,7 @@ pub async fn delete(
     require_editor(ctx)?;
     let (caller, meta) = (ctx.clone(), meta.clone());
     let condition = visible(ctx);
-    scoped(db, ctx, move |txn| {
+    scoped_write(db, ctx, move |txn| {
         Box::pin(async move {
             let Some(current) = saved_query::Entity::find_by_id(id)
                 .filter(condition)

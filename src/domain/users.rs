@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::audit::{self, Actor, Change};
 use super::page::{Page, PageRequest};
 use crate::auth::{RequestMeta, Role, TenantCtx, password};
-use crate::db::scoped;
+use crate::db::{scoped, scoped_write};
 use crate::entities::tenant;
 use crate::entities::user::{self, UserStatus};
 use crate::error::{AppError, AppResult};
@@ -114,7 +114,7 @@ pub async fn create(
     };
 
     let (caller, meta) = (ctx.clone(), meta.clone());
-    scoped(db, ctx, move |txn| {
+    scoped_write(db, ctx, move |txn| {
         Box::pin(async move {
             let tenant = tenant::Entity::find_by_id(caller.tenant_id)
                 .one(txn)

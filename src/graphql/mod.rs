@@ -61,16 +61,38 @@ pub(crate) const METRIC_COST: usize = 100;
 /// Funnels and retention walk every matching event of their actors.
 pub(crate) const JOURNEY_COST: usize = 200;
 
+/// How deep brackets may nest in a document: selections up to the depth
+/// limit, and input values a little further.
+fn max_nesting(limits: &Limits) -> usize {
+    limits.max_depth.saturating_add(32)
+}
+
+/// Whether a document is within the limits checked before parsing (see
+/// [`extension::shape`]): only such a document may be parsed ahead of
+/// execution, e.g. to read its operation's name.
+pub fn parse_is_bounded(query: &str, limits: &Limits) -> bool {
+    let shape = extension::shape(query);
+    shape.depth <= max_nesting(limits) && shape.tokens <= limits.max_tokens
+}
+
 /// Builds the schema; `state` is `None` only for printing the SDL.
 pub fn build(state: Option<AppState>, limits: &Limits) -> PulseSchema {
     let max_fields = state
         .as_ref()
         .map_or(usize::MAX, |s| s.config.analytics.max_fields);
+    let max_nesting = max_nesting(limits);
     let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
         .extension(budget::AnalyticBudget { max_fields })
-        .extension(ErrorCodes)
+        // Selections nest up to the depth limit and input values a little
+        // further; the lexical check refuses deeper documents before the
+        // parser runs, and the parser's own bound backs it.
+        .limit_recursive_depth(max_nesting)
+        .extension(ErrorCodes {
+            max_nesting,
+            max_tokens: limits.max_tokens,
+        })
         .extension(provenance::QueryProvenance);
     if let Some(state) = state {
         builder = builder
@@ -87,6 +109,7 @@ pub fn sdl() -> String {
         body_bytes: 0,
         max_depth: usize::MAX,
         max_complexity: usize::MAX,
+        max_tokens: usize::MAX,
     };
     build(None, &limits).sdl()
 }

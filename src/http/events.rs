@@ -101,19 +101,46 @@ fn format(headers: &HeaderMap) -> Result<Format, String> {
     }
 }
 
-/// The body, decompressed when gzip, at most `limit` bytes either way.
+/// The raw body, at most `limit` bytes. It is read before anything is
+/// refused: a response sent while the client is still writing makes the
+/// server close the connection under it, and the client sees a broken pipe
+/// instead of the answer. Past the limit the connection is closed (its
+/// unread rest cannot be skipped), and the response says so.
 async fn read_body(
     body: axum::body::Body,
     headers: &HeaderMap,
     limit: usize,
-) -> Result<Vec<u8>, Response> {
-    let too_large = |what: &str| {
-        plain_error(
+) -> Result<axum::body::Bytes, Response> {
+    let too_large = || {
+        let mut response = plain_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PAYLOAD_TOO_LARGE",
-            format!("{what} exceeds the limit of {limit} bytes"),
-        )
+            format!("the request body exceeds the limit of {limit} bytes"),
+        );
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
     };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())
+}
+
+/// The body decoded by its `Content-Encoding` (gzip or none), at most
+/// `limit` bytes after decompression, so a gzip bomb stops at the limit.
+fn decode(
+    raw: axum::body::Bytes,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Vec<u8>, Box<Response>> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -122,37 +149,31 @@ async fn read_body(
         None | Some("identity") => false,
         Some("gzip") | Some("x-gzip") => true,
         Some(other) => {
-            return Err(plain_error(
+            return Err(Box::new(plain_error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "BAD_USER_INPUT",
                 format!("unsupported Content-Encoding `{other}` (gzip or none)"),
-            ));
+            )));
         }
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large("the request body"));
-    }
-    let raw = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large("the request body"))?;
     if !gzip {
         return Ok(raw.to_vec());
     }
     let mut decoded = Vec::new();
     let mut reader = flate2::read::GzDecoder::new(&raw[..]).take(limit as u64 + 1);
     if let Err(e) = reader.read_to_end(&mut decoded) {
-        return Err(plain_error(
+        return Err(Box::new(plain_error(
             StatusCode::BAD_REQUEST,
             "BAD_USER_INPUT",
             format!("the body is not valid gzip: {e}"),
-        ));
+        )));
     }
     if decoded.len() > limit {
-        return Err(too_large("the decompressed body"));
+        return Err(Box::new(plain_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("the decompressed body exceeds the limit of {limit} bytes"),
+        )));
     }
     Ok(decoded)
 }
@@ -227,6 +248,10 @@ pub async fn post_events(
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let app = &state.app;
+    let raw = match read_body(body, headers, app.config.ingest.max_bytes).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
 
     let token = headers
         .get(header::AUTHORIZATION)
@@ -260,9 +285,9 @@ pub async fn post_events(
             );
         }
     };
-    let body = match read_body(body, headers, app.config.ingest.max_bytes).await {
+    let body = match decode(raw, headers, app.config.ingest.max_bytes) {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let items = match parse(&body, format) {
         Ok(items) => items,

@@ -19,14 +19,15 @@ use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt, future};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 
 use super::{HttpState, RequestId};
 use crate::auth::RequestMeta;
+use crate::config::Limits;
 use crate::domain::auth::authenticate;
 use crate::error::AppError;
-use crate::graphql::{Caller, Executed};
+use crate::graphql::{self, Caller, Executed};
 use crate::telemetry::{CodeLabels, OperationLabels};
 
 /// Most operations one batched POST may carry.
@@ -102,7 +103,10 @@ async fn execute(
     let authenticated = matches!(caller, Caller::Authenticated(_));
     let names = &state.app.metrics.operation_names;
     let operation = match &mut batch {
-        BatchRequest::Single(r) => names.label(operation_name(r).as_deref(), authenticated),
+        BatchRequest::Single(r) => names.label(
+            operation_name(r, &state.app.config.limits).as_deref(),
+            authenticated,
+        ),
         BatchRequest::Batch(_) => names.label(Some("batch"), authenticated),
     };
     tracing::Span::current().record("operation", operation.as_str());
@@ -197,12 +201,19 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// Reads the body up to the configured limit; past it, 413.
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Response> {
+    // Past the limit the unread rest cannot be skipped, so the connection
+    // closes after the answer, and the answer says so.
     let too_large = || {
-        transport_error(
+        let mut response = transport_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PAYLOAD_TOO_LARGE",
             &format!("request body exceeds the limit of {limit} bytes"),
-        )
+        );
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        response
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -233,6 +244,13 @@ pub async fn post_graphql(
 ) -> Response {
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
+    // The body is read before anything is refused: a response sent while
+    // the client is still writing makes the server close the connection
+    // under it, and the client sees a broken pipe instead of the answer.
+    let body = match read_body(body, &headers, state.app.config.limits.body_bytes).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
     if !is_json(&headers) {
         return transport_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -240,10 +258,6 @@ pub async fn post_graphql(
             "POST /graphql takes a JSON body: send Content-Type: application/json",
         );
     }
-    let body = match read_body(body, &headers, state.app.config.limits.body_bytes).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
     let batch: BatchRequest = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
@@ -298,7 +312,7 @@ pub async fn get_graphql(
         }
     };
     // GET must not change state: mutations go over POST.
-    if is_mutation(&mut gql) {
+    if is_mutation(&mut gql, &state.app.config.limits) {
         let mut resp = transport_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "BAD_USER_INPUT",
@@ -314,15 +328,28 @@ pub async fn get_graphql(
     into_http(response, headers)
 }
 
+/// The request's document parsed, when its text is within the lexical
+/// limits; a document past them is left to execution, which refuses it
+/// with a coded error without parsing it.
+fn parsed<'r>(
+    request: &'r mut GqlRequest,
+    limits: &Limits,
+) -> Option<&'r async_graphql::parser::types::ExecutableDocument> {
+    if !graphql::parse_is_bounded(&request.query, limits) {
+        return None;
+    }
+    request.parsed_query().ok()
+}
+
 /// The operation's name: the one the client selected, or the name of the
 /// document's only operation. Parsing here is not wasted: the request
 /// keeps the parsed document for execution.
-fn operation_name(request: &mut GqlRequest) -> Option<String> {
+fn operation_name(request: &mut GqlRequest, limits: &Limits) -> Option<String> {
     use async_graphql::parser::types::DocumentOperations;
     if let Some(name) = &request.operation_name {
         return Some(name.clone());
     }
-    match &request.parsed_query().ok()?.operations {
+    match &parsed(request, limits)?.operations {
         DocumentOperations::Multiple(ops) if ops.len() == 1 => {
             ops.keys().next().map(|n| n.to_string())
         }
@@ -330,10 +357,10 @@ fn operation_name(request: &mut GqlRequest) -> Option<String> {
     }
 }
 
-fn is_mutation(request: &mut GqlRequest) -> bool {
+fn is_mutation(request: &mut GqlRequest, limits: &Limits) -> bool {
     use async_graphql::parser::types::OperationType;
     let wanted = request.operation_name.clone();
-    let Ok(doc) = request.parsed_query() else {
+    let Some(doc) = parsed(request, limits) else {
         // Let execution report the parse error.
         return false;
     };
@@ -346,8 +373,21 @@ fn is_mutation(request: &mut GqlRequest) -> bool {
     })
 }
 
+/// A close frame's reason must fit its control frame: at most 123 bytes,
+/// cut on a character boundary (a longer one would fail to send, and the
+/// client would see a bare reset instead of the code).
+fn close_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 /// Close code for a missing or bad token on the socket.
 const CLOSE_FORBIDDEN: u16 = 4403;
+/// Close code for an operation sent before the connection was initialised.
+const CLOSE_UNAUTHORIZED: u16 = 4401;
 
 pub async fn websocket(
     State(state): State<HttpState>,
@@ -388,15 +428,26 @@ async fn serve_socket(
     protocol: Protocols,
     meta: RequestMeta,
 ) {
-    let (mut sink, stream) = socket.split();
-    let input = stream
-        .take_while(|msg| future::ready(msg.is_ok()))
-        .filter_map(|msg| {
-            future::ready(match msg {
-                Ok(m @ (Message::Text(_) | Message::Binary(_))) => Some(m.into_data()),
-                _ => None,
-            })
-        });
+    let (mut sink, mut stream) = socket.split();
+    // A reader of its own, so that after the server's close frame the
+    // client's remaining frames (and its close) are still read: dropping a
+    // socket with unread data resets the connection, and the client would
+    // lose the close frame with its code.
+    let (frames, input) = tokio::sync::mpsc::channel::<Bytes>(32);
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            match msg {
+                Message::Text(_) | Message::Binary(_) => {
+                    // After the close the pump is gone; keep draining.
+                    let _ = frames.send(msg.into_data()).await;
+                }
+                // Reading on after the client's close lets tungstenite
+                // send its reply; the stream then ends.
+                Message::Close(_) | Message::Ping(_) | Message::Pong(_) => {}
+            }
+        }
+    });
+    let input = tokio_stream::wrappers::ReceiverStream::new(input);
     let refused = Arc::new(AtomicBool::new(false));
     let on_init = {
         let refused = refused.clone();
@@ -434,7 +485,9 @@ async fn serve_socket(
     let messages = GraphQLWs::new(state.schema.clone(), input, protocol)
         .connection_data(connection_data)
         .on_connection_init(on_init);
-    futures_util::pin_mut!(messages);
+    // Boxed, so it can be dropped (and stop holding the frames' receiver)
+    // before the closing handshake.
+    let mut messages = Box::pin(messages);
     let mut closed = false;
     while let Some(msg) = messages.next().await {
         let frame = match msg {
@@ -442,28 +495,56 @@ async fn serve_socket(
             WsMessage::Close(code, reason) => {
                 let code = if refused.load(Ordering::SeqCst) {
                     CLOSE_FORBIDDEN
+                } else if code == 1011 {
+                    // The library's 1011 ("internal error") means an operation
+                    // arrived before `connection_init` was acknowledged, which
+                    // graphql-transport-ws answers with 4401 Unauthorized.
+                    CLOSE_UNAUTHORIZED
                 } else {
                     code
                 };
                 closed = true;
                 Message::Close(Some(CloseFrame {
                     code,
-                    reason: reason.into(),
+                    reason: close_reason(&reason).into(),
                 }))
             }
         };
         if sink.send(frame).await.is_err() {
+            drop(messages);
+            finish_close(reader).await;
             return;
         }
     }
-    // The legacy protocol reports a refusal as a `connection_error`
-    // message and stops; close the socket so clients see 4403 there too.
-    if refused.load(Ordering::SeqCst) && !closed {
+    drop(messages);
+    // The library's pump may end without a close of its own (the legacy
+    // protocol reports a refusal as a `connection_error` message and stops;
+    // `connection_terminate`; an unreadable frame): close the socket
+    // properly, with 4403 for a refusal, so no client sees a bare reset.
+    if !closed {
+        let (code, reason) = if refused.load(Ordering::SeqCst) {
+            (CLOSE_FORBIDDEN, "forbidden")
+        } else {
+            (1000, "")
+        };
         let _ = sink
             .send(Message::Close(Some(CloseFrame {
-                code: CLOSE_FORBIDDEN,
-                reason: "forbidden".into(),
+                code,
+                reason: reason.into(),
             })))
             .await;
+    }
+    finish_close(reader).await;
+}
+
+/// Waits briefly for the client's side of the closing handshake (its close
+/// frame, or the end of its stream) before the socket is dropped.
+async fn finish_close(reader: tokio::task::JoinHandle<()>) {
+    let abort = reader.abort_handle();
+    if tokio::time::timeout(std::time::Duration::from_secs(2), reader)
+        .await
+        .is_err()
+    {
+        abort.abort();
     }
 }

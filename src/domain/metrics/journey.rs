@@ -277,8 +277,15 @@ impl FunnelPlan {
         let text = format!(
             "SELECT {col}, occurred_at, {bd}, {flags} FROM events WHERE tenant_id = {tenant} \
              AND occurred_at >= {from} AND occurred_at <= {until} AND {key} IS NOT NULL AND type IN ({types}) \
-             ORDER BY {key}, occurred_at",
+             ORDER BY {key}, occurred_at, {ties}",
             flags = flags.join(", "),
+            // Events of one actor at the same instant are taken in step
+            // order, so a sign-up and a purchase stamped alike convert
+            // whatever order the database returns them in.
+            ties = (0..self.steps.len())
+                .map(|k| format!("s{k} DESC"))
+                .collect::<Vec<_>>()
+                .join(", "),
             tenant = sql.bind(tenant),
             from = sql.bind(time_value(backend, self.from)),
             until = sql.bind(time_value(backend, self.until)),
