@@ -196,7 +196,11 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let grace = self.state.config.shutdown_grace;
-        let background = jobs::spawn(&self.state);
+        let background = if self.state.config.background_jobs {
+            jobs::spawn(&self.state)
+        } else {
+            Vec::new()
+        };
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(
             self.listener,

@@ -44,6 +44,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The longest any one HTTP request may take (408 past it).
     pub request_timeout: Duration,
+    /// `PULSE_BACKGROUND_JOBS`: whether `run` starts the periodic jobs
+    /// (partitions ahead, data expiry). On by default; a test server turns
+    /// them off so that they never run beside what it measures.
+    pub background_jobs: bool,
 }
 
 /// When `serve` seeds the demo data (see API.md, "startup").
@@ -305,6 +309,10 @@ impl Config {
             demo,
             // API.md promises exit within 10 s; leave room to close the pool.
             shutdown_grace: Duration::from_secs(8),
+            background_jobs: match get("PULSE_BACKGROUND_JOBS") {
+                Some(v) => parse_bool("PULSE_BACKGROUND_JOBS", &v)?,
+                None => true,
+            },
             request_timeout: Duration::from_millis(number(
                 &get,
                 "PULSE_REQUEST_TIMEOUT_MS",

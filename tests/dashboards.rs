@@ -669,7 +669,8 @@ async fn listing_dashboards_runs_a_constant_number_of_statements() {
         }
     }
     let list = "query($n: Int!) { dashboards(first: $n) { edges { node {
-        name owner { email } permissions { permission userId } widgets { title kind } } } } }";
+        name owner { email } permissions { permission userId } widgets { title kind }
+        versions(first: 2) { edges { node { version } } pageInfo { hasNextPage } } } } } }";
     let mut cost = Vec::new();
     for n in [5, 50] {
         let before = statements(&scrape(&app).await);
@@ -688,10 +689,98 @@ async fn listing_dashboards_runs_a_constant_number_of_statements() {
             edges[0]["node"]["widgets"].as_array().map(Vec::len),
             Some(4)
         );
+        let versions = &edges[0]["node"]["versions"];
+        assert_eq!(versions["edges"][0]["node"]["version"], 1, "{versions}");
+        assert_eq!(versions["pageInfo"]["hasNextPage"], false);
         cost.push(statements(&scrape(&app).await) - before);
     }
     assert!(cost[0] > 0.0, "the counter counts: {cost:?}");
     assert_eq!(cost[0], cost[1], "statements for 5 and for 50 dashboards");
+}
+
+/// Widgets that reference saved queries load them in one batch, and
+/// identical bound queries run once: a dashboard of six such widgets
+/// costs what one of two costs.
+#[tokio::test]
+async fn saved_query_widgets_load_their_queries_in_one_batch() {
+    let (app, t) = seeded().await;
+    let editor = app.token(&t, Role::Editor);
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let saved = app
+            .gql_as(
+                &editor,
+                "mutation($i: SavedQueryInput!) { createSavedQuery(input: $i) { id } }",
+                json!({ "i": { "name": format!("Delivered {i}"),
+                    "query": count(&["email.delivered"], json!({})) } }),
+            )
+            .await;
+        ids.push(data(&saved)["createSavedQuery"]["id"].clone());
+    }
+    let board = |n: usize| {
+        let widgets: Vec<Value> = ids[..n]
+            .iter()
+            .enumerate()
+            .map(
+                |(i, id)| json!({ "title": format!("W{i}"), "kind": "METRIC", "savedQueryId": id }),
+            )
+            .collect();
+        json!({ "name": format!("{n} saved"), "widgets": widgets })
+    };
+    let read = "query($id: ID!) { dashboard(id: $id) { widgets { savedQueryId
+        data { ... on MetricResult { total } } } versions(first: 1) { edges { node { version } } } } }";
+    let mut cost = Vec::new();
+    for n in [2, 6] {
+        let id = data(&app.gql_as(&editor, CREATE, json!({ "i": board(n) })).await)
+            ["createDashboard"]["id"]
+            .clone();
+        let before = statements(&scrape(&app).await);
+        let body = app.gql_as(&editor, read, json!({ "id": id })).await;
+        let widgets = data(&body)["dashboard"]["widgets"]
+            .as_array()
+            .expect("widgets")
+            .clone();
+        assert_eq!(widgets.len(), n);
+        for w in &widgets {
+            assert_eq!(w["data"]["total"], 6.0, "{body}");
+        }
+        cost.push(statements(&scrape(&app).await) - before);
+    }
+    assert!(cost[0] > 0.0, "the counter counts: {cost:?}");
+    assert_eq!(
+        cost[0], cost[1],
+        "statements for 2 and for 6 saved-query widgets"
+    );
+
+    // A private saved query of someone else stays hidden behind a widget.
+    let other = app.token(&t, Role::Admin);
+    let private = app
+        .gql_as(
+            &other,
+            "mutation($i: SavedQueryInput!) { createSavedQuery(input: $i) { id } }",
+            json!({ "i": { "name": "Mine", "query": count(&["email.delivered"], json!({})) } }),
+        )
+        .await;
+    let hidden = data(&private)["createSavedQuery"]["id"].clone();
+    let input = json!({ "name": "Peek", "widgets": [
+        { "title": "Theirs", "kind": "METRIC", "savedQueryId": hidden } ] });
+    let created = app.gql_as(&editor, CREATE, json!({ "i": input })).await;
+    let peek = data(&created)["createDashboard"]["id"].clone();
+    let body = app.gql_as(&editor, read, json!({ "id": peek })).await;
+    assert_code(&body, "NOT_FOUND");
+    assert_eq!(
+        body["errors"][0]["path"],
+        json!(["dashboard", "widgets", 0, "data"])
+    );
+    assert!(
+        body["data"]["dashboard"]["widgets"][0]["data"].is_null(),
+        "{body}"
+    );
+    // Its owner's dashboard shows it.
+    let theirs = app.gql_as(&other, CREATE, json!({ "i": input })).await;
+    let theirs = data(&theirs)["createDashboard"]["id"].clone();
+    let body = app.gql_as(&other, read, json!({ "id": theirs })).await;
+    assert_eq!(data(&body)["dashboard"]["widgets"][0]["data"]["total"], 6.0);
 }
 
 #[tokio::test]

@@ -36,7 +36,7 @@ impl PageRequest {
 }
 
 /// One page of rows, plus whether more follow.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub has_next: bool,

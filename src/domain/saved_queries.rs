@@ -356,6 +356,15 @@ fn visible(ctx: &TenantCtx) -> Condition {
     base.add(who)
 }
 
+/// [`visible`] for a row already read: what a loader that reads a batch of
+/// ids for several callers applies to each caller's row.
+pub fn is_visible_to(m: &saved_query::Model, ctx: &TenantCtx) -> bool {
+    m.tenant_id == ctx.tenant_id
+        && (ctx.role.at_least(Role::Admin)
+            || m.is_public
+            || (ctx.user_id.is_some() && ctx.user_id == m.owner_id))
+}
+
 pub fn audit_image(m: &saved_query::Model) -> Value {
     json!({
         "id": m.id,

@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::guard::{RoleGuard, meta, state, tenant};
-use super::loaders::{GrantLoader, UserLoader};
+use super::loaders::{GrantLoader, SavedQueryLoader, UserLoader, VersionLoader};
 use super::metrics::{
     FilterInput, FormulaInput, FunnelInput, FunnelResult, MetricQueryInput, MetricResult,
     RetentionInput, RetentionResult, TimeRangeInput, run_formula, run_funnel, run_metrics,
@@ -29,7 +29,7 @@ use super::saved_queries::{self as saved, Bound, ParamTypeValue, read_as, stored
 use super::users::{User, parse_id};
 use crate::auth::{InTenant, Role, TenantCtx};
 use crate::domain::dashboards::{self, DashboardInput as Input, LinkRefusal, Permission};
-use crate::domain::page::{PageRequest, encode_cursor};
+use crate::domain::page::{Page, PageRequest, encode_cursor};
 use crate::domain::saved_queries::{self as saved_domain, Parameter};
 use crate::entities::{dashboard_permission, dashboard_version, share_link, user};
 use crate::error::AppError;
@@ -353,6 +353,8 @@ pub struct Dashboard {
 struct Preloaded {
     owner: Option<Option<user::Model>>,
     grants: Option<Vec<dashboard_permission::Model>>,
+    /// The first page of versions, with the page size it was read for.
+    versions: Option<(u64, Page<dashboard_version::Model>)>,
 }
 
 #[Object]
@@ -459,8 +461,27 @@ impl Dashboard {
     ) -> Result<Connection<String, DashboardVersion>> {
         self.not_shared()?;
         let page = PageRequest::new(first, after.as_deref())?;
-        let found =
-            dashboards::versions(&state(ctx)?.db, tenant(ctx)?, self.inner.model.id, page).await?;
+        let found = if let Some((_, found)) = self
+            .preloaded
+            .versions
+            .as_ref()
+            .filter(|(size, _)| page.after.is_none() && *size == page.first)
+        {
+            found.clone()
+        } else if page.after.is_none() {
+            // The first page, batched across the dashboards that resolve
+            // together.
+            let key = InTenant::of(tenant(ctx)?, (self.inner.model.id, page.first));
+            ctx.data::<DataLoader<VersionLoader>>()?
+                .load_one(key)
+                .await?
+                .unwrap_or(Page {
+                    items: Vec::new(),
+                    has_next: false,
+                })
+        } else {
+            dashboards::versions(&state(ctx)?.db, tenant(ctx)?, self.inner.model.id, page).await?
+        };
         let mut conn = Connection::new(page.after.is_some(), found.has_next);
         conn.edges.extend(
             found
@@ -481,13 +502,13 @@ impl Dashboard {
                 .map(|stored| Widget { stored, data: None })
                 .collect());
         }
-        let bound: Vec<Result<(String, Bound), async_graphql::Error>> = {
-            let mut out = Vec::with_capacity(stored.len());
-            for w in &stored {
-                out.push(self.bind(ctx, w).await.map_err(async_graphql::Error::from));
-            }
-            out
-        };
+        // Bound together, so the saved queries they reference load in one
+        // batch.
+        let bound: Vec<Result<(String, Bound), async_graphql::Error>> =
+            futures_util::future::join_all(stored.iter().map(|w| async move {
+                self.bind(ctx, w).await.map_err(async_graphql::Error::from)
+            }))
+            .await;
         // One run per distinct query.
         let mut distinct: HashMap<String, usize> = HashMap::new();
         let mut runs = Vec::new();
@@ -612,13 +633,16 @@ impl Dashboard {
         };
         let (kind, definition) = if w.source == "savedQuery" {
             let id = w.saved_query_id.ok_or(AppError::NotFound("saved query"))?;
-            let query = saved_domain::find(
-                &state(ctx).map_err(gql_internal)?.db,
-                tenant(ctx).map_err(gql_internal)?,
-                id,
-            )
-            .await?
-            .ok_or(AppError::NotFound("saved query"))?;
+            let caller = tenant(ctx).map_err(gql_internal)?;
+            let model = ctx
+                .data::<DataLoader<SavedQueryLoader>>()
+                .map_err(gql_internal)?
+                .load_one(InTenant::of(caller, id))
+                .await
+                .map_err(gql_internal)?
+                .filter(|m| saved_domain::is_visible_to(m, caller))
+                .ok_or(AppError::NotFound("saved query"))?;
+            let query = saved_domain::SavedQuery { model };
             let given = saved_domain::bind(&w.parameters, &declared, &values).map_err(rename)?;
             let supplied = match given {
                 Value::Object(map) => map,
@@ -744,6 +768,44 @@ impl DashboardQuery {
         } else {
             None
         };
+        // The first page of versions too, when every `versions` selection
+        // asks for the same first page.
+        let version_page = node
+            .field("versions")
+            .selection_fields()
+            .iter()
+            .map(|f| {
+                let args = f.arguments()?;
+                let arg = |name: &str| args.iter().find(|(n, _)| n.as_str() == name);
+                let first = match arg("first").map(|(_, v)| v) {
+                    Some(async_graphql::Value::Number(n)) => n.as_i64().map(|n| n as i32),
+                    _ => None,
+                };
+                Ok((arg("after").is_some(), first))
+            })
+            .collect::<async_graphql::ServerResult<Vec<_>>>()
+            .ok()
+            .and_then(|fields| match fields.as_slice() {
+                [(false, first), rest @ ..] if rest.iter().all(|(a, f)| !a && f == first) => {
+                    PageRequest::new(*first, None).ok()
+                }
+                _ => None,
+            });
+        let versions = match version_page {
+            Some(vp) => {
+                let keys = found.items.iter().map(|d| InTenant {
+                    tenant: d.model.tenant_id,
+                    key: (d.model.id, vp.first),
+                });
+                Some((
+                    vp.first,
+                    ctx.data::<DataLoader<VersionLoader>>()?
+                        .load_many(keys)
+                        .await?,
+                ))
+            }
+            None => None,
+        };
         let mut conn = Connection::new(page.after.is_some(), found.has_next);
         conn.edges.extend(found.items.into_iter().map(|d| {
             let in_tenant = |key| InTenant {
@@ -759,6 +821,19 @@ impl DashboardQuery {
                 grants: grants
                     .as_ref()
                     .map(|g| g.get(&in_tenant(d.model.id)).cloned().unwrap_or_default()),
+                versions: versions.as_ref().map(|(first, pages)| {
+                    let page = pages
+                        .get(&InTenant {
+                            tenant: d.model.tenant_id,
+                            key: (d.model.id, *first),
+                        })
+                        .cloned()
+                        .unwrap_or(Page {
+                            items: Vec::new(),
+                            has_next: false,
+                        });
+                    (*first, page)
+                }),
             };
             Edge::new(
                 encode_cursor(d.model.id),

@@ -8,12 +8,16 @@
 use std::collections::{BTreeMap, HashMap};
 
 use async_graphql::dataloader::{DataLoader, Loader};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::sea_query::{Alias, Asterisk, Expr, ExprTrait, Order, Query, WindowStatement};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryFilter,
+};
 use uuid::Uuid;
 
 use crate::auth::{InTenant, Role, TenantCtx};
 use crate::db::scoped;
-use crate::entities::{dashboard_permission, user};
+use crate::domain::page::Page;
+use crate::entities::{dashboard_permission, dashboard_version, saved_query, user};
 
 /// Users by id, e.g. the owners of listed saved queries.
 pub struct UserLoader {
@@ -47,12 +51,8 @@ impl Loader<InTenant<Uuid>> for UserLoader {
         &self,
         keys: &[InTenant<Uuid>],
     ) -> Result<HashMap<InTenant<Uuid>, user::Model>, Self::Error> {
-        let mut by_tenant: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
-        for k in keys {
-            by_tenant.entry(k.tenant).or_default().push(k.key);
-        }
         let mut found = HashMap::new();
-        for (tenant, ids) in by_tenant {
+        for (tenant, ids) in by_tenant(keys, |k| k) {
             let rows = scoped(&self.db, &reader_of(tenant), move |txn| {
                 Box::pin(async move {
                     Ok(user::Entity::find()
@@ -96,13 +96,9 @@ impl Loader<InTenant<Uuid>> for GrantLoader {
         &self,
         keys: &[InTenant<Uuid>],
     ) -> Result<HashMap<InTenant<Uuid>, Self::Value>, Self::Error> {
-        let mut by_tenant: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
-        for k in keys {
-            by_tenant.entry(k.tenant).or_default().push(k.key);
-        }
         let mut found: HashMap<InTenant<Uuid>, Self::Value> =
             keys.iter().map(|k| (*k, Vec::new())).collect();
-        for (tenant, ids) in by_tenant {
+        for (tenant, ids) in by_tenant(keys, |k| k) {
             let rows = scoped(&self.db, &reader_of(tenant), move |txn| {
                 Box::pin(async move {
                     Ok(dashboard_permission::Entity::find()
@@ -125,4 +121,140 @@ impl Loader<InTenant<Uuid>> for GrantLoader {
         }
         Ok(found)
     }
+}
+
+/// Saved queries by id, e.g. those the widgets of a dashboard reference.
+/// Rows are read without the caller's visibility rule (a batch may serve
+/// several callers of one tenant); the resolver applies it to each row
+/// ([`crate::domain::saved_queries::is_visible_to`]).
+pub struct SavedQueryLoader {
+    db: DatabaseConnection,
+}
+
+impl SavedQueryLoader {
+    pub fn new(db: DatabaseConnection) -> DataLoader<SavedQueryLoader> {
+        DataLoader::new(SavedQueryLoader { db }, tokio::spawn)
+    }
+}
+
+impl Loader<InTenant<Uuid>> for SavedQueryLoader {
+    type Value = saved_query::Model;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[InTenant<Uuid>],
+    ) -> Result<HashMap<InTenant<Uuid>, Self::Value>, Self::Error> {
+        let mut found = HashMap::new();
+        for (tenant, ids) in by_tenant(keys, |k| k) {
+            let rows = scoped(&self.db, &reader_of(tenant), move |txn| {
+                Box::pin(async move {
+                    Ok(saved_query::Entity::find()
+                        .filter(saved_query::Column::TenantId.eq(tenant))
+                        .filter(saved_query::Column::Id.is_in(ids))
+                        .all(txn)
+                        .await?)
+                })
+            })
+            .await?;
+            for row in rows {
+                found.insert(
+                    InTenant {
+                        tenant,
+                        key: row.id,
+                    },
+                    row,
+                );
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The first page of a dashboard's kept versions, newest first: the key is
+/// the dashboard and the page size (`first`); the loader fetches `first + 1`
+/// per dashboard, so the page knows whether more follow. One statement per
+/// tenant and page size, whatever the number of dashboards listed; later
+/// pages (`after`) are a single dashboard's and read directly.
+pub struct VersionLoader {
+    db: DatabaseConnection,
+}
+
+impl VersionLoader {
+    pub fn new(db: DatabaseConnection) -> DataLoader<VersionLoader> {
+        DataLoader::new(VersionLoader { db }, tokio::spawn)
+    }
+}
+
+impl Loader<InTenant<(Uuid, u64)>> for VersionLoader {
+    type Value = Page<dashboard_version::Model>;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[InTenant<(Uuid, u64)>],
+    ) -> Result<HashMap<InTenant<(Uuid, u64)>, Self::Value>, Self::Error> {
+        let mut groups: BTreeMap<(Uuid, u64), Vec<Uuid>> = BTreeMap::new();
+        for k in keys {
+            groups.entry((k.tenant, k.key.1)).or_default().push(k.key.0);
+        }
+        let mut found = HashMap::new();
+        for ((tenant, first), ids) in groups {
+            let rows = scoped(&self.db, &reader_of(tenant), move |txn| {
+                Box::pin(async move {
+                    use dashboard_version::Column as V;
+                    let rank = Alias::new("rank");
+                    let numbered = Query::select()
+                        .column(Asterisk)
+                        .expr_window_as(
+                            Expr::cust("ROW_NUMBER()"),
+                            WindowStatement::partition_by(V::DashboardId)
+                                .order_by(V::Id, Order::Desc)
+                                .to_owned(),
+                            rank.clone(),
+                        )
+                        .from(dashboard_version::Entity)
+                        .and_where(V::TenantId.eq(tenant))
+                        .and_where(V::DashboardId.is_in(ids))
+                        .to_owned();
+                    let page = Query::select()
+                        .column(Asterisk)
+                        .from_subquery(numbered, Alias::new("numbered"))
+                        .and_where(Expr::col(rank).lte(first + 1))
+                        .order_by(V::Id, Order::Desc)
+                        .to_owned();
+                    let backend = txn.get_database_backend();
+                    Ok(
+                        dashboard_version::Model::find_by_statement(backend.build(&page))
+                            .all(txn)
+                            .await?,
+                    )
+                })
+            })
+            .await?;
+            let mut by_dashboard: HashMap<Uuid, Vec<dashboard_version::Model>> = HashMap::new();
+            for row in rows {
+                by_dashboard.entry(row.dashboard_id).or_default().push(row);
+            }
+            for (dashboard, rows) in by_dashboard {
+                found.insert(
+                    InTenant {
+                        tenant,
+                        key: (dashboard, first),
+                    },
+                    Page::from_overfetch(rows, first),
+                );
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Keys grouped by tenant.
+fn by_tenant<K: Copy>(keys: &[InTenant<K>], key: impl Fn(K) -> Uuid) -> BTreeMap<Uuid, Vec<Uuid>> {
+    let mut groups: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
+    for k in keys {
+        groups.entry(k.tenant).or_default().push(key(k.key));
+    }
+    groups
 }

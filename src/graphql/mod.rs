@@ -98,6 +98,8 @@ pub fn build(state: Option<AppState>, limits: &Limits) -> PulseSchema {
         builder = builder
             .data(loaders::UserLoader::new(state.db.clone()))
             .data(loaders::GrantLoader::new(state.db.clone()))
+            .data(loaders::SavedQueryLoader::new(state.db.clone()))
+            .data(loaders::VersionLoader::new(state.db.clone()))
             .data(state);
     }
     builder.finish()

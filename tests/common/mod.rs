@@ -233,7 +233,10 @@ async fn spawn(url: String, store: Store, tweak: impl FnOnce(&mut Settings)) -> 
         .set("PULSE_LISTEN", "127.0.0.1:0")
         .set("PULSE_JWT_SECRET", TEST_SECRET)
         .set("PULSE_DEMO", "false")
-        .set("PULSE_DB_MAX_CONNECTIONS", "5");
+        .set("PULSE_DB_MAX_CONNECTIONS", "5")
+        // Partitions and data expiry are tested by calling them; run on
+        // their own, they would touch every test's tenants at random times.
+        .set("PULSE_BACKGROUND_JOBS", "false");
     if let Some(redis) = redis_url() {
         settings.set("PULSE_REDIS_URL", redis);
     }
