@@ -13,6 +13,7 @@ use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 
 use crate::auth::jwt::{self, JwtKeys};
+use crate::cache::HotCache;
 use crate::config::Config;
 use crate::domain::events::store::Store;
 use crate::domain::events::writer::{Writer, WriterConfig};
@@ -34,6 +35,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// In-process, or Redis pub/sub when Redis is configured.
     pub bus: Bus,
+    /// The hot-metric cache: in-process, or Redis with a local tier.
+    pub cache: HotCache,
     pub event_store: Arc<Store>,
     /// The group-commit writer every ingestion path goes through.
     pub writer: Writer,
@@ -80,12 +83,16 @@ impl AppState {
         .await
         .with_context(|| format!("cannot open database {}", redact(&config.database.url)))?;
         db::migrate(&db).await.context("cannot apply migrations")?;
-        let (redis, bus) = match &config.redis_url {
+        let (redis, bus, cache) = match &config.redis_url {
             Some(url) => {
                 let (client, conn) = connect_redis(url).await?;
-                (Some(conn.clone()), Bus::redis(client, conn))
+                (
+                    Some(conn.clone()),
+                    Bus::redis(client, conn.clone()),
+                    HotCache::redis(conn, metrics.cache.clone()),
+                )
             }
-            None => (None, Bus::memory()),
+            None => (None, Bus::memory(), HotCache::memory(metrics.cache.clone())),
         };
         let event_store = Arc::new(Store::new(db.clone()));
         event_store
@@ -103,6 +110,7 @@ impl AppState {
             },
             event_store.clone(),
             bus.clone(),
+            cache.clone(),
             metrics.clone(),
         );
         let (secret, dev_secret) =
@@ -126,6 +134,7 @@ impl AppState {
             keys,
             metrics,
             bus,
+            cache,
             event_store,
             writer,
             demo_token: OnceLock::new(),

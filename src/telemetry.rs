@@ -68,6 +68,8 @@ pub struct Metrics {
     pub db_stale_transactions: Counter,
     /// Statements sent to the database through sea-orm.
     pub db_statements: Counter,
+    /// What the hot-metric cache did.
+    pub cache: crate::cache::CacheCounters,
     /// Panics caught while serving a request.
     pub panics: Counter,
     /// The label values `graphql_requests` may use.
@@ -108,6 +110,36 @@ impl Metrics {
         let db_stale_transactions = Counter::default();
         let panics = Counter::default();
         let db_statements = Counter::default();
+        let cache = crate::cache::CacheCounters::default();
+        for (name, help, counter) in [
+            (
+                "cache_hits",
+                "Metric buckets served from the hot cache",
+                &cache.hits,
+            ),
+            (
+                "cache_misses",
+                "Metric buckets the hot cache did not hold",
+                &cache.misses,
+            ),
+            (
+                "cache_invalidations",
+                "Cache generations bumped by committed events (one per day and type touched)",
+                &cache.invalidations,
+            ),
+            (
+                "cache_written_bytes",
+                "Bytes of entries written to the hot cache",
+                &cache.bytes_written,
+            ),
+            (
+                "cache_errors",
+                "Redis calls of the hot cache that failed or timed out (the database answered)",
+                &cache.errors,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         registry.register(
             "db_statements",
             "Statements sent to the database (through sea-orm)",
@@ -214,6 +246,7 @@ impl Metrics {
             db_stale_transactions,
             panics,
             db_statements,
+            cache,
             operation_names: OperationNames::new(cap),
         }
     }

@@ -620,9 +620,13 @@ async fn retention_removes_exactly_the_events_past_each_tenants_cutoff() {
     // Every server in a shared test database runs this job when it starts,
     // so another test's server may get there first: what counts is what
     // is left, not who deleted it.
-    pulse::domain::events::retention::run_once(&app.state.event_store, Utc::now())
-        .await
-        .expect("retention");
+    pulse::domain::events::retention::run_once(
+        &app.state.event_store,
+        &app.state.cache,
+        Utc::now(),
+    )
+    .await
+    .expect("retention");
 
     let left = |t: &TestTenant| {
         let (app, token) = (&app, app.token(t, Role::Viewer));

@@ -5,6 +5,7 @@ mod common;
 
 mod audit;
 mod auth;
+mod cache;
 mod cli;
 mod dashboards;
 mod events;

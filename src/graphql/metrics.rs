@@ -202,7 +202,7 @@ impl From<metrics::MetricResult> for MetricResult {
                 })
                 .collect(),
             total: r.total,
-            cached: false,
+            cached: r.cache.as_ref().is_some_and(|c| c.complete),
             computed_at: r.computed_at,
         }
     }
@@ -353,6 +353,7 @@ fn record(
             source: result.source.as_str(),
             db_ms: result.db_time.as_secs_f64() * 1000.0,
             skipped_values: result.skipped,
+            cache: result.cache.clone(),
         });
     }
     result
@@ -369,7 +370,16 @@ pub(crate) async fn run_metrics(
     let query = query.into_domain();
     let max_span = app.config.analytics.max_range;
     let result = analytic(ctx, caller, move |app, caller| async move {
-        metrics::run(&app.db, &caller, query, app.config.query_timeout, max_span).await
+        let cache = Some(&app.cache);
+        metrics::run(
+            &app.db,
+            &caller,
+            query,
+            app.config.query_timeout,
+            max_span,
+            cache,
+        )
+        .await
     })
     .await?;
     Ok(record(ctx, app, result).into())
@@ -389,7 +399,16 @@ pub(crate) async fn run_formula(
     // would, and a place per query could leave a formula half-admitted
     // (holding some places while it waits for others).
     let result = analytic(ctx, caller, move |app, caller| async move {
-        formula::run(&app.db, &caller, query, app.config.query_timeout, max_span).await
+        let cache = Some(&app.cache);
+        formula::run(
+            &app.db,
+            &caller,
+            query,
+            app.config.query_timeout,
+            max_span,
+            cache,
+        )
+        .await
     })
     .await?;
     Ok(record(ctx, app, result).into())

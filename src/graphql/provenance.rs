@@ -1,5 +1,8 @@
 //! Puts where each metric answer came from into the response:
-//! `extensions.queries: [{path, source, dbMs, skippedValues}]`.
+//! `extensions.queries: [{path, source, dbMs, skippedValues, cache}]`, where
+//! `cache` (when the hot cache took part) is `{hit, ageMs, recomputed}`:
+//! whether every bucket came from the cache, the age of the oldest one
+//! that did, and the starts of the buckets computed this time.
 //!
 //! The extension is created per request; it hands resolvers a [`QueryLog`]
 //! through the request data and reads it back once execution is done.
@@ -21,6 +24,8 @@ pub struct Provenance {
     pub db_ms: f64,
     /// Events whose field was present but not numeric.
     pub skipped_values: u64,
+    /// How the hot cache took part, when it did.
+    pub cache: Option<crate::domain::metrics::cached::CacheUse>,
 }
 
 /// What resolvers write to.
@@ -83,6 +88,28 @@ impl Extension for ProvenanceExtension {
                         async_graphql::Name::new("skippedValues"),
                         Value::from(p.skipped_values),
                     );
+                    if let Some(used) = p.cache {
+                        let mut c = async_graphql::indexmap::IndexMap::new();
+                        c.insert(async_graphql::Name::new("hit"), Value::from(used.complete));
+                        // The age of the oldest bucket served from the cache.
+                        let age = used
+                            .oldest
+                            .map(|t| (chrono::Utc::now() - t).num_milliseconds().max(0));
+                        c.insert(
+                            async_graphql::Name::new("ageMs"),
+                            age.map_or(Value::Null, Value::from),
+                        );
+                        c.insert(
+                            async_graphql::Name::new("recomputed"),
+                            Value::List(
+                                used.recomputed
+                                    .iter()
+                                    .map(|t| Value::from(t.to_rfc3339()))
+                                    .collect(),
+                            ),
+                        );
+                        m.insert(async_graphql::Name::new("cache"), Value::Object(c));
+                    }
                     Value::Object(m)
                 })
                 .collect();

@@ -40,7 +40,9 @@ pub fn spawn(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
             let mut tick = tokio::time::interval(RETENTION_EVERY);
             loop {
                 tick.tick().await;
-                if let Err(e) = retention::run_once(&state.event_store, Utc::now()).await {
+                if let Err(e) =
+                    retention::run_once(&state.event_store, &state.cache, Utc::now()).await
+                {
                     tracing::warn!(error = format!("{e:#}"), "retention failed");
                 }
             }

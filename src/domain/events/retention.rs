@@ -11,6 +11,7 @@ use sea_orm::{ConnectionTrait, DbBackend, EntityTrait};
 
 use super::query::time_value;
 use super::store::Store;
+use crate::cache::{HotCache, Mark};
 use crate::domain::tenants::TenantSettings;
 use crate::entities::tenant;
 
@@ -21,7 +22,11 @@ pub struct RetentionReport {
 }
 
 /// Applies every tenant's retention as of `now`.
-pub async fn run_once(store: &Store, now: DateTime<Utc>) -> anyhow::Result<RetentionReport> {
+pub async fn run_once(
+    store: &Store,
+    cache: &HotCache,
+    now: DateTime<Utc>,
+) -> anyhow::Result<RetentionReport> {
     let db = store.db();
     let backend = db.get_database_backend();
     let tenants = tenant::Entity::find().all(db).await?;
@@ -47,6 +52,7 @@ pub async fn run_once(store: &Store, now: DateTime<Utc>) -> anyhow::Result<Reten
         tables.push("event_ids");
     }
     for (tenant_id, cutoff) in cutoffs {
+        let mut deleted = report.partitions_dropped > 0;
         for table in &tables {
             let delete = Query::delete()
                 .from_table(Alias::new(*table))
@@ -56,7 +62,12 @@ pub async fn run_once(store: &Store, now: DateTime<Utc>) -> anyhow::Result<Reten
             let result = db.execute(&delete).await?;
             if *table == "events" {
                 report.events_deleted += result.rows_affected();
+                deleted |= result.rows_affected() > 0;
             }
+        }
+        if deleted {
+            // Cached buckets before the cutoff counted what just went.
+            cache.bump(tenant_id, &[Mark::epoch()]).await?;
         }
         let delete = Query::delete()
             .from_table(Alias::new("analytics_aggregates"))

@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use super::NewEvent;
 use super::store::{Row, Store};
+use crate::cache::{HotCache, Mark};
 use crate::error::{AppError, AppResult};
 use crate::realtime::{Bus, EventsCommitted, Topic};
 use crate::telemetry::Metrics;
@@ -76,7 +77,13 @@ struct Inner {
 
 impl Writer {
     /// Starts the writer tasks.
-    pub fn start(config: WriterConfig, store: Arc<Store>, bus: Bus, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        config: WriterConfig,
+        store: Arc<Store>,
+        bus: Bus,
+        cache: HotCache,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
         let tasks = (0..config.writers.max(1))
@@ -85,6 +92,7 @@ impl Writer {
                     rx: rx.clone(),
                     store: store.clone(),
                     bus: bus.clone(),
+                    cache: cache.clone(),
                     metrics: metrics.clone(),
                     max_group: config.max_group,
                 };
@@ -179,6 +187,7 @@ struct Worker {
     rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
     store: Arc<Store>,
     bus: Bus,
+    cache: HotCache,
     metrics: Arc<Metrics>,
     max_group: usize,
 }
@@ -265,6 +274,14 @@ impl Worker {
         self.metrics
             .ingest_commit_seconds
             .observe(elapsed.as_secs_f64());
+        // The cache's generations move before anyone hears "accepted": a
+        // query that starts after the answer cannot be served a bucket
+        // computed without these events (see `cache`). A failure is logged
+        // and counted there; the events are committed either way.
+        for (tenant_id, t) in &touched {
+            let marks: Vec<Mark> = t.marks.iter().cloned().collect();
+            let _ = self.cache.bump(*tenant_id, &marks).await;
+        }
         for (job, c) in jobs.into_iter().zip(counts) {
             let _ = job.reply.send(Ok(c));
         }
@@ -286,6 +303,9 @@ impl Worker {
 
 struct Touched {
     types: BTreeSet<String>,
+    /// The cache generations the events move: each UTC day, alone and
+    /// with each type.
+    marks: BTreeSet<Mark>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     count: u64,
@@ -295,6 +315,7 @@ impl Touched {
     fn new(at: DateTime<Utc>) -> Self {
         Touched {
             types: BTreeSet::new(),
+            marks: BTreeSet::new(),
             from: at,
             to: at,
             count: 0,
@@ -305,6 +326,15 @@ impl Touched {
         if !self.types.contains(&e.event_type) {
             self.types.insert(e.event_type.clone());
         }
+        let day = e.occurred_at.date_naive();
+        self.marks.insert(Mark {
+            day,
+            event_type: None,
+        });
+        self.marks.insert(Mark {
+            day,
+            event_type: Some(e.event_type.clone()),
+        });
         self.from = self.from.min(e.occurred_at);
         self.to = self.to.max(e.occurred_at);
         self.count += 1;

@@ -30,8 +30,8 @@ pub fn decomposes(measure: Measure) -> bool {
 
 /// What a cell's rows add up to: enough to finish any decomposable measure
 /// over any union of cells.
-#[derive(Clone, Copy, Debug, Default)]
-struct Partial {
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Partial {
     count: f64,
     sum: Option<f64>,
     min: Option<f64>,
@@ -107,14 +107,17 @@ pub fn statement(
     raw::statement(sql, text)
 }
 
-/// Answers a decomposable `plan` from one statement, or `None` when it has
-/// more than [`MAX_CELLS`] cells.
-pub async fn aggregate(
+/// One (group, bucket) cell's partial aggregate.
+pub type Cell = (GroupKey, Option<NaiveDateTime>, Partial);
+
+/// The cells of a decomposable `plan` from one statement, with the count of
+/// skipped values, or `None` when it has more than [`MAX_CELLS`] cells.
+pub async fn fetch(
     s: &mut Snapshot,
     plan: &Plan,
     tenant: uuid::Uuid,
     rollup: Option<raw::Window>,
-) -> Result<Option<Aggregates>, sea_orm::DbErr> {
+) -> Result<Option<(Vec<Cell>, u64)>, sea_orm::DbErr> {
     let backend = s.backend();
     let n = plan.group_by.len();
     let rows = s
@@ -123,9 +126,8 @@ pub async fn aggregate(
     if rows.len() > MAX_CELLS {
         return Ok(None);
     }
-
     let mut skipped = 0u64;
-    let mut cells: HashMap<GroupKey, Vec<(Option<NaiveDateTime>, Partial)>> = HashMap::new();
+    let mut cells = Vec::with_capacity(rows.len());
     for row in &rows {
         let partial = Partial {
             count: raw::float(row, n + 1)?.unwrap_or(0.0),
@@ -134,24 +136,49 @@ pub async fn aggregate(
             max: raw::float(row, n + 4)?,
         };
         skipped += raw::skipped(row, n + 5)?;
-        cells
-            .entry(raw::key(row, 1, n)?)
-            .or_default()
-            .push((raw::bucket_of(backend, row)?, partial));
+        cells.push((raw::key(row, 1, n)?, raw::bucket_of(backend, row)?, partial));
     }
+    Ok(Some((cells, skipped)))
+}
 
+/// Answers a decomposable `plan` from one statement, or `None` when it has
+/// more than [`MAX_CELLS`] cells.
+pub async fn aggregate(
+    s: &mut Snapshot,
+    plan: &Plan,
+    tenant: uuid::Uuid,
+    rollup: Option<raw::Window>,
+) -> Result<Option<Aggregates>, sea_orm::DbErr> {
+    Ok(fetch(s, plan, tenant, rollup)
+        .await?
+        .map(|(cells, skipped)| combine(plan, cells, skipped, rollup.is_some())))
+}
+
+/// The totals, the group ranking and `__other__` of `plan` from its cells.
+pub fn combine(plan: &Plan, found: Vec<Cell>, skipped: u64, from_rollups: bool) -> Aggregates {
+    let n = plan.group_by.len();
+    let mut cells: HashMap<GroupKey, Vec<(Option<NaiveDateTime>, Partial)>> = HashMap::new();
+    for (key, bucket, partial) in found {
+        cells.entry(key).or_default().push((bucket, partial));
+    }
     let m = plan.measure;
     let mut out = Aggregates {
         total: merged(cells.values().flatten().map(|(_, p)| p)).value(m),
         skipped,
-        from_rollups: rollup.is_some(),
+        from_rollups,
         ..Default::default()
     };
     if n == 0 {
+        // Cells of one bucket may come from several statements (the cache
+        // and the database): merge, don't overwrite.
+        let mut points: HashMap<Option<NaiveDateTime>, Partial> = HashMap::new();
         for (bucket, p) in cells.remove(&Vec::new()).unwrap_or_default() {
+            points.entry(bucket).or_default().merge(&p);
+        }
+        for (bucket, p) in points {
             out.points.insert((Some(Vec::new()), bucket), p.value(m));
         }
-        return Ok(Some(out));
+        return out;
     }
 
     // Groups by total, largest first (no value last), ties by key with
@@ -181,10 +208,14 @@ pub async fn aggregate(
         }
     }
     for (key, cells) in cells {
+        let mut points: HashMap<Option<NaiveDateTime>, Partial> = HashMap::new();
         for (bucket, p) in cells {
+            points.entry(bucket).or_default().merge(&p);
+        }
+        for (bucket, p) in points {
             out.points.insert((Some(key.clone()), bucket), p.value(m));
         }
     }
     out.groups = groups;
-    Ok(Some(out))
+    out
 }

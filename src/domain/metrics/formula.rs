@@ -512,6 +512,7 @@ pub async fn run(
     q: FormulaQuery,
     timeout: Duration,
     max_span: chrono::Duration,
+    cache: Option<&crate::cache::HotCache>,
 ) -> AppResult<MetricResult> {
     let prepared = prepare(q, Utc::now(), max_span)?;
     let now = prepared.now;
@@ -519,7 +520,7 @@ pub async fn run(
         prepared
             .plans
             .iter()
-            .map(|p| super::run_plan(db, ctx, p, now, timeout)),
+            .map(|p| super::run_plan(db, ctx, p, now, timeout, cache)),
     )
     .await?;
     let inputs: Vec<Input> = prepared
@@ -642,7 +643,30 @@ pub fn combine(formula: &Formula, inputs: Vec<Input>, now: DateTime<Utc>) -> Met
         },
         db_time: inputs.iter().map(|i| i.result.db_time).sum(),
         skipped: inputs.iter().map(|i| i.result.skipped).sum(),
+        cache: cache_use(inputs.iter().map(|i| i.result.cache.as_ref())),
     }
+}
+
+/// A formula is served from the cache as far as all its queries are.
+fn cache_use<'a>(
+    inputs: impl Iterator<Item = Option<&'a super::cached::CacheUse>>,
+) -> Option<super::cached::CacheUse> {
+    let mut out = super::cached::CacheUse {
+        complete: true,
+        ..Default::default()
+    };
+    for used in inputs {
+        let used = used?;
+        out.complete &= used.complete;
+        out.recomputed.extend(used.recomputed.iter().copied());
+        out.oldest = match (out.oldest, used.oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    out.recomputed.sort();
+    out.recomputed.dedup();
+    Some(out)
 }
 
 #[cfg(test)]
@@ -841,6 +865,7 @@ mod tests {
             source: Source::Raw,
             db_time: Duration::ZERO,
             skipped: 0,
+            cache: None,
         }
     }
 

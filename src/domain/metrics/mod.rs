@@ -2,6 +2,7 @@
 //! [`Plan`](plan::Plan), answered from raw events, and assembled into
 //! series with every bucket present.
 
+pub mod cached;
 mod cells;
 pub mod formula;
 pub mod gate;
@@ -22,6 +23,7 @@ pub use snapshot::Snapshot;
 pub use time::Granularity;
 
 use crate::auth::TenantCtx;
+use crate::cache::HotCache;
 use crate::error::{AppError, AppResult};
 
 /// The name of the series that sums the groups past `limit`.
@@ -62,6 +64,8 @@ pub struct MetricResult {
     pub db_time: Duration,
     /// Events whose field was present but not a number.
     pub skipped: u64,
+    /// How the hot cache served it; `None` when it did not take part.
+    pub cache: Option<cached::CacheUse>,
 }
 
 /// Runs `query` for the caller's tenant; the database gets `timeout`, the
@@ -73,10 +77,11 @@ pub async fn run(
     query: MetricQuery,
     timeout: Duration,
     max_span: chrono::Duration,
+    cache: Option<&HotCache>,
 ) -> AppResult<MetricResult> {
     let now = Utc::now();
     let plan = plan::plan(query, now, max_span)?;
-    run_plan(db, ctx, &plan, now, timeout).await
+    run_plan(db, ctx, &plan, now, timeout, cache).await
 }
 
 /// Answers a validated `plan` (made at `now`) for the caller's tenant, in a
@@ -88,8 +93,21 @@ pub(crate) async fn run_plan(
     plan: &plan::Plan,
     now: DateTime<Utc>,
     timeout: Duration,
+    cache: Option<&HotCache>,
 ) -> AppResult<MetricResult> {
     let started = Instant::now();
+    if let Some(cache) = cache.filter(|_| cached::eligible(plan))
+        && let Some((aggregates, used)) = cached::aggregate(db, ctx, plan, timeout, cache).await?
+    {
+        let source = if aggregates.from_rollups {
+            Source::Rollup
+        } else {
+            Source::Raw
+        };
+        let mut result = assemble(plan, aggregates, now, source, started.elapsed());
+        result.cache = Some(used);
+        return Ok(result);
+    }
     let mut session = Snapshot::begin(db, ctx, timeout).await?;
     let aggregates = within(timeout, raw::aggregate(&mut session, plan, ctx.tenant_id)).await?;
     session.finish().await?;
@@ -182,6 +200,7 @@ fn assemble(
         source,
         db_time,
         skipped: a.skipped,
+        cache: None,
     }
 }
 

@@ -85,6 +85,16 @@ fn first_instant(tz: Tz, local: NaiveDateTime, until: NaiveDateTime) -> Option<D
     None
 }
 
+/// Where the bucket starting at local `start` ends: the first instant of
+/// the next bucket (`None` past the representable dates).
+pub fn bucket_end(g: Granularity, tz: Tz, start: NaiveDateTime) -> Option<DateTime<Utc>> {
+    let following = next(g, start);
+    if following <= start {
+        return None;
+    }
+    first_instant(tz, following, next(g, following))
+}
+
 /// The buckets covering `[from, to)`, or `None` when there would be more
 /// than `cap`. With no granularity, one bucket starting at `from`.
 pub fn buckets(

@@ -1,0 +1,342 @@
+//! The hot-metric cache: metric cells per time bucket, kept until an event
+//! lands in the bucket's span, never served once one has.
+//!
+//! Validity rests on **generations**, not on timely invalidation messages.
+//! Per tenant, a counter per UTC day and per (UTC day, event type) counts
+//! the commits that put events there; the ingestion writer bumps them after
+//! its commit and *before* it acknowledges. A reader reads the counters of
+//! a bucket's days first, then computes from the database, and files the
+//! result under a key that includes their sum (its *stamp*). Counters only
+//! grow, so once any commit touches the bucket the stamp differs and the
+//! entry is never looked up again: a query that starts after an
+//! acknowledgement can only see a stamp that includes it (read-your-writes,
+//! on every instance that shares the counters), and an entry computed
+//! before a commit can never be filed under a stamp that includes it.
+//!
+//! Two implementations behind [`HotCache`]: in-process (counters in a map,
+//! entries in moka) for the embedded default, and Redis (counters in a hash
+//! per tenant, entries as keys with a TTL) with a small in-process tier in
+//! front. Entries are immutable under their key, so the local tier needs no
+//! invalidation at all. A per-tenant random `nonce` in the counters' hash
+//! goes into every stamp, so a Redis that lost its data (counters back at
+//! zero) cannot revive an old stamp in anyone's local tier.
+//!
+//! Every key carries the tenant: `pulse:{tenant}:…`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use prometheus_client::metrics::counter::Counter;
+use uuid::Uuid;
+
+/// How long a Redis call may take before the cache is skipped for it.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long entries live in Redis; the local tier is bounded by size.
+const ENTRY_TTL_SECS: u64 = 24 * 3600;
+/// The local tier's budget, in bytes of entry text.
+const LOCAL_BYTES: u64 = 64 << 20;
+/// At most one log line per this interval about Redis failing.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// One counter: events of `event_type` (or of any type, `None`) on `day`
+/// (UTC).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mark {
+    pub day: NaiveDate,
+    pub event_type: Option<String>,
+}
+
+impl Mark {
+    /// The tenant-wide counter every stamp includes: bumped when events go
+    /// (data expiry), which may touch any day.
+    pub fn epoch() -> Self {
+        Mark {
+            day: NaiveDate::MIN,
+            event_type: None,
+        }
+    }
+
+    /// The counter's field name: the day (fixed width), then the type.
+    fn field(&self) -> String {
+        if *self == Mark::epoch() {
+            return "epoch".into();
+        }
+        match &self.event_type {
+            Some(t) => format!("{}/{t}", self.day.format("%Y-%m-%d")),
+            None => self.day.format("%Y-%m-%d").to_string(),
+        }
+    }
+}
+
+/// The counters a reader saw: a nonce (which incarnation of the counters)
+/// and each requested counter's value.
+#[derive(Clone, Debug)]
+pub struct Generations {
+    pub nonce: String,
+    pub values: HashMap<Mark, u64>,
+}
+
+impl Generations {
+    /// The stamp of a bucket whose span touches `marks`.
+    pub fn stamp<'m>(&self, marks: impl IntoIterator<Item = &'m Mark>) -> String {
+        let sum: u64 = marks
+            .into_iter()
+            .map(|m| self.values.get(m).copied().unwrap_or(0))
+            .sum();
+        format!("{}.{sum}", self.nonce)
+    }
+}
+
+/// Counters of what the cache did, exported on `/metrics`.
+#[derive(Clone, Default)]
+pub struct CacheCounters {
+    pub hits: Counter,
+    pub misses: Counter,
+    pub invalidations: Counter,
+    pub bytes_written: Counter,
+    pub errors: Counter,
+}
+
+#[derive(Clone)]
+pub struct HotCache {
+    local: moka::sync::Cache<String, Arc<str>>,
+    store: Store,
+    counters: CacheCounters,
+    last_log: Arc<Mutex<Option<Instant>>>,
+}
+
+#[derive(Clone)]
+enum Store {
+    Memory {
+        nonce: String,
+        generations: Arc<Mutex<HashMap<(Uuid, Mark), u64>>>,
+    },
+    Redis(redis::aio::ConnectionManager),
+}
+
+fn local_tier() -> moka::sync::Cache<String, Arc<str>> {
+    moka::sync::Cache::builder()
+        .weigher(|k: &String, v: &Arc<str>| u32::try_from(k.len() + v.len()).unwrap_or(u32::MAX))
+        .max_capacity(LOCAL_BYTES)
+        .build()
+}
+
+fn generations_key(tenant: Uuid) -> String {
+    format!("pulse:{tenant}:gens")
+}
+
+/// The key an entry is filed under: the tenant, a digest of what was asked
+/// and the bucket's stamp.
+pub fn entry_key(tenant: Uuid, digest: &str, stamp: &str) -> String {
+    format!("pulse:{tenant}:cells:{digest}:{stamp}")
+}
+
+impl HotCache {
+    pub fn memory(counters: CacheCounters) -> Self {
+        HotCache {
+            local: local_tier(),
+            store: Store::Memory {
+                nonce: Uuid::new_v4().simple().to_string(),
+                generations: Arc::default(),
+            },
+            counters,
+            last_log: Arc::default(),
+        }
+    }
+
+    pub fn redis(conn: redis::aio::ConnectionManager, counters: CacheCounters) -> Self {
+        HotCache {
+            local: local_tier(),
+            store: Store::Redis(conn),
+            counters,
+            last_log: Arc::default(),
+        }
+    }
+
+    /// Records that events landed at `marks`; the writer calls it after
+    /// each commit and before acknowledging.
+    pub async fn bump(&self, tenant: Uuid, marks: &[Mark]) -> anyhow::Result<()> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        self.counters.invalidations.inc_by(marks.len() as u64);
+        match &self.store {
+            Store::Memory { generations, .. } => {
+                let mut gens = generations
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("generations lock poisoned"))?;
+                for m in marks {
+                    *gens.entry((tenant, m.clone())).or_insert(0) += 1;
+                }
+                Ok(())
+            }
+            Store::Redis(conn) => {
+                let mut pipe = redis::pipe();
+                let key = generations_key(tenant);
+                for m in marks {
+                    pipe.hincr(&key, m.field(), 1).ignore();
+                }
+                let mut conn = conn.clone();
+                let done = tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(&mut conn));
+                match done.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(self.failed("bump", e.into())),
+                    Err(_) => Err(self.failed("bump", anyhow::anyhow!("timed out"))),
+                }
+            }
+        }
+    }
+
+    /// The current counters at `marks`, or `None` when they cannot be read
+    /// (then nothing may be served from or filed into the cache).
+    pub async fn generations(&self, tenant: Uuid, marks: &[Mark]) -> Option<Generations> {
+        match &self.store {
+            Store::Memory { nonce, generations } => {
+                let gens = generations.lock().ok()?;
+                let values = marks
+                    .iter()
+                    .map(|m| {
+                        (
+                            m.clone(),
+                            gens.get(&(tenant, m.clone())).copied().unwrap_or(0),
+                        )
+                    })
+                    .collect();
+                Some(Generations {
+                    nonce: nonce.clone(),
+                    values,
+                })
+            }
+            Store::Redis(conn) => {
+                let key = generations_key(tenant);
+                let mut fields: Vec<String> = vec!["nonce".into()];
+                fields.extend(marks.iter().map(Mark::field));
+                let mut conn = conn.clone();
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(&key).arg(&fields);
+                let read = cmd.query_async::<Vec<Option<String>>>(&mut conn);
+                let found = match tokio::time::timeout(REDIS_TIMEOUT, read).await {
+                    Ok(Ok(found)) => found,
+                    Ok(Err(e)) => {
+                        self.failed("read generations", e.into());
+                        return None;
+                    }
+                    Err(_) => {
+                        self.failed("read generations", anyhow::anyhow!("timed out"));
+                        return None;
+                    }
+                };
+                let nonce = match found.first().cloned().flatten() {
+                    Some(n) => n,
+                    None => {
+                        // First use (or Redis lost its data): a new
+                        // incarnation, whoever sets it first.
+                        let fresh = Uuid::new_v4().simple().to_string();
+                        let mut set = redis::pipe();
+                        set.cmd("HSETNX")
+                            .arg(&key)
+                            .arg("nonce")
+                            .arg(&fresh)
+                            .ignore();
+                        set.cmd("HGET").arg(&key).arg("nonce");
+                        let set = set.query_async::<(Option<String>,)>(&mut conn);
+                        match tokio::time::timeout(REDIS_TIMEOUT, set).await {
+                            Ok(Ok((Some(n),))) => n,
+                            Ok(Ok((None,))) => return None,
+                            Ok(Err(e)) => {
+                                self.failed("set the nonce", e.into());
+                                return None;
+                            }
+                            Err(_) => {
+                                self.failed("set the nonce", anyhow::anyhow!("timed out"));
+                                return None;
+                            }
+                        }
+                    }
+                };
+                let values = marks
+                    .iter()
+                    .zip(found.into_iter().skip(1))
+                    .map(|(m, v)| (m.clone(), v.and_then(|v| v.parse().ok()).unwrap_or(0)))
+                    .collect();
+                Some(Generations { nonce, values })
+            }
+        }
+    }
+
+    /// The entries filed under `keys` (the local tier first, then Redis).
+    pub async fn get_many(&self, keys: &[String]) -> Vec<Option<Arc<str>>> {
+        let mut found: Vec<Option<Arc<str>>> = keys.iter().map(|k| self.local.get(k)).collect();
+        let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
+        if let (Store::Redis(conn), false) = (&self.store, missing.is_empty()) {
+            let wanted: Vec<&String> = missing.iter().map(|&i| &keys[i]).collect();
+            let mut conn = conn.clone();
+            let mut cmd = redis::cmd("MGET");
+            cmd.arg(&wanted);
+            let read = cmd.query_async::<Vec<Option<String>>>(&mut conn);
+            match tokio::time::timeout(REDIS_TIMEOUT, read).await {
+                Ok(Ok(values)) => {
+                    for (&i, v) in missing.iter().zip(values) {
+                        if let Some(v) = v {
+                            let v: Arc<str> = v.into();
+                            self.local.insert(keys[i].clone(), v.clone());
+                            found[i] = Some(v);
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.failed("read entries", e.into());
+                }
+                Err(_) => {
+                    self.failed("read entries", anyhow::anyhow!("timed out"));
+                }
+            }
+        }
+        let hits = found.iter().filter(|f| f.is_some()).count() as u64;
+        self.counters.hits.inc_by(hits);
+        self.counters.misses.inc_by(keys.len() as u64 - hits);
+        found
+    }
+
+    /// Files `entries` (key, text).
+    pub async fn put_many(&self, entries: Vec<(String, String)>) {
+        if entries.is_empty() {
+            return;
+        }
+        let bytes: usize = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.counters.bytes_written.inc_by(bytes as u64);
+        if let Store::Redis(conn) = &self.store {
+            let mut pipe = redis::pipe();
+            for (k, v) in &entries {
+                pipe.set_ex(k, v, ENTRY_TTL_SECS).ignore();
+            }
+            let mut conn = conn.clone();
+            match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    self.failed("write entries", e.into());
+                }
+                Err(_) => {
+                    self.failed("write entries", anyhow::anyhow!("timed out"));
+                }
+            }
+        }
+        for (k, v) in entries {
+            self.local.insert(k, v.into());
+        }
+    }
+
+    /// Counts a Redis failure and logs it, at most once per [`LOG_EVERY`].
+    fn failed(&self, what: &str, e: anyhow::Error) -> anyhow::Error {
+        self.counters.errors.inc();
+        if let Ok(mut last) = self.last_log.lock()
+            && last.is_none_or(|at| at.elapsed() >= LOG_EVERY)
+        {
+            *last = Some(Instant::now());
+            tracing::warn!(error = %e, "hot cache: Redis failed to {what}; answering from the database");
+        }
+        e
+    }
+}
