@@ -988,3 +988,39 @@ async fn cancelled_requests_never_leave_a_pooled_connection_inside_a_transaction
         assert_eq!(types, [own], "{} seed {seed}", tenant.slug);
     }
 }
+
+/// A thousand aliases of `me` read the caller's rows once.
+#[tokio::test]
+async fn aliased_me_fields_read_the_callers_rows_once() {
+    let app = spawn_app().await;
+    let t = app.tenant("me-aliases").await;
+    let token = app.token(&t, Role::Viewer);
+    let statements = || async {
+        let text = app
+            .http
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .find(|l| l.starts_with("pulse_db_statements_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let mut cost = Vec::new();
+    for n in [1, 1_000] {
+        let fields: String = (0..n).map(|i| format!(" a{i}: me {{ role }}")).collect();
+        let before = statements().await;
+        let body = app
+            .gql_as(&token, &format!("{{{fields} }}"), json!({}))
+            .await;
+        assert!(body.get("errors").is_none(), "{body}");
+        assert_eq!(data(&body)[format!("a{}", n - 1)]["role"], "VIEWER");
+        cost.push(statements().await - before);
+    }
+    assert!(cost[0] > 0.0, "the counter counts: {cost:?}");
+    assert_eq!(cost[0], cost[1], "statements for 1 and for 1,000 aliases");
+}

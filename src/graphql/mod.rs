@@ -25,6 +25,7 @@ use async_graphql::{EmptySubscription, MergedObject, Schema};
 
 pub use extension::{ErrorCodes, Executed};
 pub use guard::{Caller, RoleGuard};
+pub use session::MeOnce;
 
 use crate::app::AppState;
 use crate::config::Limits;

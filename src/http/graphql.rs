@@ -114,7 +114,13 @@ async fn execute(
     let executed = Executed::default();
     let response = state
         .schema
-        .execute_batch(batch.data(caller).data(meta).data(executed.clone()))
+        .execute_batch(
+            batch
+                .data(caller)
+                .data(meta)
+                .data(executed.clone())
+                .data(graphql::MeOnce::default()),
+        )
         .await;
     let metrics = &state.app.metrics;
     let responses: Vec<&async_graphql::Response> = match &response {
