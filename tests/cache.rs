@@ -185,3 +185,139 @@ async fn an_event_acknowledged_by_one_instance_is_read_by_another() {
     assert_eq!((total, cached), (2.0, false));
     assert_eq!(recomputed, vec![day(2)]);
 }
+
+/// A Redis of the test's own, on a free port, that it can pause, stop and
+/// start again.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut redis = OwnRedis { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (installed on the CI machine)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if self.cli(&["PING"]).is_some_and(|o| o.contains("PONG")) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn cache_errors(app: &TestApp) -> f64 {
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find(|l| l.starts_with("pulse_cache_errors_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// The total and whether the cache took part, without insisting it did.
+async fn answer(app: &TestApp, token: &str, q: &Value) -> (f64, Option<bool>) {
+    let body = app.gql_as(token, QUERY, json!({ "q": q })).await;
+    let total = data(&body)["metrics"]["total"].as_f64().expect("total");
+    let hit = body["extensions"]["queries"][0]["cache"]["hit"].as_bool();
+    (total, hit)
+}
+
+/// Redis paused, then stopped and started empty: every answer stays right
+/// (from the database while Redis is away), failures are counted, bumps
+/// Redis missed are applied before its entries are trusted again, and
+/// caching resumes by itself.
+#[tokio::test]
+async fn redis_away_is_not_an_outage_and_its_return_serves_nothing_stale() {
+    let mut redis = OwnRedis::start();
+    let url = redis.url();
+    let app = spawn_app_with(|s| {
+        s.set("PULSE_REDIS_URL", &url);
+    })
+    .await;
+    let t = app.tenant("cache-redis").await;
+    let token = app.token(&t, Role::Editor);
+    ingest(&app, &token, json!([event("page_view", 2, 1)])).await;
+    let q = three_days(&["page_view"]);
+    assert_eq!(answer(&app, &token, &q).await, (1.0, Some(false)));
+    assert_eq!(answer(&app, &token, &q).await, (1.0, Some(true)));
+
+    // Paused (its data kept): the bump for a late event times out, the
+    // answer comes from the database, and once Redis answers again the
+    // missed bump is applied before any entry is read.
+    let errors = cache_errors(&app).await;
+    assert!(redis.cli(&["CLIENT", "PAUSE", "1500", "ALL"]).is_some());
+    ingest(&app, &token, json!([event("page_view", 2, 6)])).await;
+    assert_eq!(answer(&app, &token, &q).await, (2.0, None));
+    assert!(cache_errors(&app).await > errors, "failures are counted");
+    tokio::time::sleep(std::time::Duration::from_millis(1_600)).await;
+    assert_eq!(answer(&app, &token, &q).await, (2.0, Some(false)));
+    assert_eq!(answer(&app, &token, &q).await, (2.0, Some(true)));
+
+    // Stopped: still right, from the database.
+    redis.stop();
+    ingest(&app, &token, json!([event("page_view", 2, 7)])).await;
+    assert_eq!(answer(&app, &token, &q).await.0, 3.0);
+    // Back, empty: caching resumes without a restart.
+    redis.restart();
+    let mut resumed = false;
+    for _ in 0..100 {
+        let (total, hit) = answer(&app, &token, &q).await;
+        assert_eq!(total, 3.0);
+        if hit == Some(true) {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(resumed, "the cache serves again once Redis is back");
+}

@@ -105,6 +105,11 @@ pub struct HotCache {
     store: Store,
     counters: CacheCounters,
     last_log: Arc<Mutex<Option<Instant>>>,
+    /// Bumps Redis did not take: they are applied before the cache is
+    /// read again, and until they are, it is not read (an entry filed
+    /// before them would otherwise look current when Redis comes back
+    /// with its data).
+    pending: Arc<Mutex<Vec<(Uuid, Mark)>>>,
 }
 
 #[derive(Clone)]
@@ -121,6 +126,20 @@ fn local_tier() -> moka::sync::Cache<String, Arc<str>> {
         .weigher(|k: &String, v: &Arc<str>| u32::try_from(k.len() + v.len()).unwrap_or(u32::MAX))
         .max_capacity(LOCAL_BYTES)
         .build()
+}
+
+/// Adds one to each counter, in one round trip.
+async fn incr(conn: &redis::aio::ConnectionManager, bumps: &[(Uuid, Mark)]) -> anyhow::Result<()> {
+    let mut pipe = redis::pipe();
+    for (tenant, m) in bumps {
+        pipe.hincr(generations_key(*tenant), m.field(), 1).ignore();
+    }
+    let mut conn = conn.clone();
+    match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(anyhow::anyhow!("timed out")),
+    }
 }
 
 fn generations_key(tenant: Uuid) -> String {
@@ -143,6 +162,7 @@ impl HotCache {
             },
             counters,
             last_log: Arc::default(),
+            pending: Arc::default(),
         }
     }
 
@@ -152,6 +172,7 @@ impl HotCache {
             store: Store::Redis(conn),
             counters,
             last_log: Arc::default(),
+            pending: Arc::default(),
         }
     }
 
@@ -173,18 +194,35 @@ impl HotCache {
                 Ok(())
             }
             Store::Redis(conn) => {
-                let mut pipe = redis::pipe();
-                let key = generations_key(tenant);
-                for m in marks {
-                    pipe.hincr(&key, m.field(), 1).ignore();
+                let bumps: Vec<(Uuid, Mark)> = marks.iter().map(|m| (tenant, m.clone())).collect();
+                match incr(conn, &bumps).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        if let Ok(mut pending) = self.pending.lock() {
+                            pending.extend(bumps);
+                        }
+                        Err(self.failed("bump generations", e))
+                    }
                 }
-                let mut conn = conn.clone();
-                let done = tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(&mut conn));
-                match done.await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(self.failed("bump", e.into())),
-                    Err(_) => Err(self.failed("bump", anyhow::anyhow!("timed out"))),
+            }
+        }
+    }
+
+    /// Applies the bumps Redis missed; false while it still cannot.
+    async fn flush_pending(&self, conn: &redis::aio::ConnectionManager) -> bool {
+        let bumps = match self.pending.lock() {
+            Ok(mut pending) if !pending.is_empty() => std::mem::take(&mut *pending),
+            Ok(_) => return true,
+            Err(_) => return false,
+        };
+        match incr(conn, &bumps).await {
+            Ok(()) => true,
+            Err(e) => {
+                if let Ok(mut pending) = self.pending.lock() {
+                    pending.extend(bumps);
                 }
+                self.failed("apply missed bumps", e);
+                false
             }
         }
     }
@@ -210,6 +248,9 @@ impl HotCache {
                 })
             }
             Store::Redis(conn) => {
+                if !self.flush_pending(conn).await {
+                    return None;
+                }
                 let key = generations_key(tenant);
                 let mut fields: Vec<String> = vec!["nonce".into()];
                 fields.extend(marks.iter().map(Mark::field));
