@@ -2,6 +2,7 @@
 //! starts its own `pulse` server (the release binary), drives it over HTTP
 //! like a client would, and checks the database afterwards.
 
+mod dashboard;
 mod ingest;
 mod load;
 mod queries;
@@ -24,6 +25,8 @@ enum Scenario {
     Load(load::LoadArgs),
     /// The metric benchmark queries, one at a time.
     Queries(queries::QueriesArgs),
+    /// The demo dashboards resolved whole, against their slowest widget.
+    Dashboard(dashboard::DashboardArgs),
 }
 
 #[tokio::main]
@@ -32,5 +35,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Ingest(args) => ingest::run(args).await,
         Scenario::Load(args) => load::run(args).await,
         Scenario::Queries(args) => queries::run(args).await,
+        Scenario::Dashboard(args) => dashboard::run(args).await,
     }
 }
