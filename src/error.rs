@@ -102,6 +102,41 @@ impl AppError {
     }
 }
 
+impl AppError {
+    /// A copy for each of several awaiters of one shared computation (an
+    /// internal error keeps its message, not its chain).
+    pub fn duplicate(&self) -> AppError {
+        match self {
+            AppError::Unauthenticated(m) => AppError::Unauthenticated(m.clone()),
+            AppError::Forbidden(m) => AppError::Forbidden(m.clone()),
+            AppError::TenantSuspended => AppError::TenantSuspended,
+            AppError::BadInput { field, message } => AppError::BadInput {
+                field: field.clone(),
+                message: message.clone(),
+            },
+            AppError::InvalidBatch { message, problems } => AppError::InvalidBatch {
+                message: message.clone(),
+                problems: problems.clone(),
+            },
+            AppError::NotFound(what) => AppError::NotFound(what),
+            AppError::QuotaExceeded(m) => AppError::QuotaExceeded(m.clone()),
+            AppError::Unavailable(m) => AppError::Unavailable(m.clone()),
+            AppError::RateLimited {
+                message,
+                retry_after,
+            } => AppError::RateLimited {
+                message: message.clone(),
+                retry_after: *retry_after,
+            },
+            AppError::VersionConflict { current } => {
+                AppError::VersionConflict { current: *current }
+            }
+            AppError::QueryTimeout(m) => AppError::QueryTimeout(m.clone()),
+            AppError::Internal(e) => AppError::Internal(anyhow::anyhow!("{e:#}")),
+        }
+    }
+}
+
 impl From<DbErr> for AppError {
     fn from(err: DbErr) -> Self {
         match err.sql_err() {

@@ -930,3 +930,60 @@ async fn formulas_are_widgets_and_saved_queries_too() {
         "input.widgets[0].kind"
     );
 }
+
+fn cache_lookups(text: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with("pulse_cache_hits_total") || l.starts_with("pulse_cache_misses_total")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A query shared by a widget and by formulas of other widgets runs once
+/// per dashboard request: counted by the cache's bucket lookups, which
+/// every run of a bucketed COUNT makes once per whole bucket.
+#[tokio::test]
+async fn a_query_shared_by_widgets_and_formulas_runs_once() {
+    let (app, t) = seeded().await;
+    let editor = app.token(&t, Role::Editor);
+    let midnight = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight")
+        .and_utc();
+    let range = json!({ "from": (midnight - chrono::Duration::days(3)).to_rfc3339(),
+                        "to": midnight.to_rfc3339() });
+    // The dashboard's range replaces each query's.
+    let per_day = |t: &str| {
+        json!({ "measure": "COUNT", "eventTypes": [t], "granularity": "DAY",
+                "range": { "last": "1d" } })
+    };
+    let rate = json!({ "queries": [
+        { "name": "opened", "query": per_day("email.opened") },
+        { "name": "delivered", "query": per_day("email.delivered") }
+    ], "expression": "opened / delivered" });
+    let twice = json!({ "queries": [
+        { "name": "delivered", "query": per_day("email.delivered") }
+    ], "expression": "delivered * 2" });
+    let input = json!({ "name": "Shared", "range": { "from": range["from"], "to": range["to"] },
+        "widgets": [
+            { "title": "Delivered", "kind": "LINE", "query": per_day("email.delivered") },
+            { "title": "Open rate", "kind": "LINE", "formula": rate },
+            { "title": "Twice", "kind": "METRIC", "formula": twice } ] });
+    let created = app.gql_as(&editor, CREATE, json!({ "i": input })).await;
+    let id = data(&created)["createDashboard"]["id"].clone();
+    let read = "query($id: ID!) { dashboard(id: $id) { widgets { title
+        data { ... on MetricResult { total } } } } }";
+    let before = cache_lookups(&scrape(&app).await);
+    let body = app.gql_as(&editor, read, json!({ "id": id })).await;
+    let widgets = &data(&body)["dashboard"]["widgets"];
+    // The seeded events are of today, outside the range: all zero, but
+    // each widget answered.
+    for w in widgets.as_array().expect("widgets") {
+        assert!(w["data"].is_object(), "{body}");
+    }
+    // Two distinct plans (delivered, opened) × three whole days; without
+    // sharing, delivered would run three times (9 + 3 lookups).
+    assert_eq!(cache_lookups(&scrape(&app).await) - before, 6.0, "{body}");
+}

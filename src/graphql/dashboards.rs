@@ -29,6 +29,7 @@ use super::saved_queries::{self as saved, Bound, ParamTypeValue, read_as, stored
 use super::users::{User, parse_id};
 use crate::auth::{InTenant, Role, TenantCtx};
 use crate::domain::dashboards::{self, DashboardInput as Input, LinkRefusal, Permission};
+use crate::domain::metrics::PlanMemo;
 use crate::domain::page::{Page, PageRequest, encode_cursor};
 use crate::domain::saved_queries::{self as saved_domain, Parameter};
 use crate::entities::{dashboard_permission, dashboard_version, share_link, user};
@@ -519,8 +520,13 @@ impl Dashboard {
             }
         }
         let caller = self.caller(ctx)?;
+        // One `now` for the whole dashboard, so that a query shared by
+        // several widgets (a formula's `delivered` and a `delivered`
+        // widget) is one plan and runs once.
+        let memo = PlanMemo::new(chrono::Utc::now());
         let answers =
-            futures_util::future::join_all(runs.into_iter().map(|b| run(ctx, &caller, b))).await;
+            futures_util::future::join_all(runs.into_iter().map(|b| run(ctx, &caller, b, &memo)))
+                .await;
         Ok(stored
             .into_iter()
             .zip(bound)
@@ -557,14 +563,17 @@ async fn run(
     ctx: &Context<'_>,
     caller: &TenantCtx,
     bound: &Bound,
+    memo: &PlanMemo,
 ) -> Result<WidgetData, async_graphql::Error> {
     // Each distinct query runs once; `read_as(stored(..))` is its copy.
+    // Metric queries, alone or in formulas, also share through `memo`.
+    let memo = Some(memo.clone());
     Ok(match bound {
         Bound::Metric(q) => {
-            WidgetData::Metric(run_metrics(ctx, caller, read_as(stored(q)?)?).await?)
+            WidgetData::Metric(run_metrics(ctx, caller, read_as(stored(q)?)?, memo).await?)
         }
         Bound::Formula(q) => {
-            WidgetData::Metric(run_formula(ctx, caller, read_as(stored(q)?)?).await?)
+            WidgetData::Metric(run_formula(ctx, caller, read_as(stored(q)?)?, memo).await?)
         }
         Bound::Funnel(q) => {
             WidgetData::Funnel(run_funnel(ctx, caller, read_as(stored(q)?)?).await?)

@@ -361,10 +361,12 @@ fn record(
 
 /// `metrics`, for the field and for saved queries and widgets.
 /// `caller` is the request's, or a share link's (see `dashboards`).
+/// `memo`, on a dashboard, runs each distinct plan of its widgets once.
 pub(crate) async fn run_metrics(
     ctx: &Context<'_>,
     caller: &TenantCtx,
     query: MetricQueryInput,
+    memo: Option<metrics::PlanMemo>,
 ) -> Result<MetricResult> {
     let app = state(ctx)?;
     let query = query.into_domain();
@@ -378,6 +380,7 @@ pub(crate) async fn run_metrics(
             app.config.query_timeout,
             max_span,
             cache,
+            memo.as_ref(),
         )
         .await
     })
@@ -385,11 +388,13 @@ pub(crate) async fn run_metrics(
     Ok(record(ctx, app, result).into())
 }
 
-/// `formula`, for the field and for saved queries and widgets.
+/// `formula`, for the field and for saved queries and widgets; `memo` as
+/// for [`run_metrics`].
 pub(crate) async fn run_formula(
     ctx: &Context<'_>,
     caller: &TenantCtx,
     input: FormulaInput,
+    memo: Option<metrics::PlanMemo>,
 ) -> Result<MetricResult> {
     let app = state(ctx)?;
     let query = input.into_domain();
@@ -407,6 +412,7 @@ pub(crate) async fn run_formula(
             app.config.query_timeout,
             max_span,
             cache,
+            memo.as_ref(),
         )
         .await
     })
@@ -502,7 +508,7 @@ impl MetricQuery {
         complexity = "super::METRIC_COST + child_complexity"
     )]
     async fn metrics(&self, ctx: &Context<'_>, query: MetricQueryInput) -> Result<MetricResult> {
-        run_metrics(ctx, tenant(ctx)?, query).await
+        run_metrics(ctx, tenant(ctx)?, query, None).await
     }
 
     /// Named metric queries combined by an arithmetic expression, per
@@ -513,7 +519,7 @@ impl MetricQuery {
         complexity = "input.queries.len().max(1) * super::METRIC_COST + child_complexity"
     )]
     async fn formula(&self, ctx: &Context<'_>, input: FormulaInput) -> Result<MetricResult> {
-        run_formula(ctx, tenant(ctx)?, input).await
+        run_formula(ctx, tenant(ctx)?, input, None).await
     }
 
     /// Ordered steps per user (or session) within a conversion window.

@@ -379,8 +379,10 @@ impl SavedQueryQuery {
             }
         };
         Ok(match bind(&saved, &supplied)? {
-            Bound::Metric(q) => QueryResult::Metric(run_metrics(ctx, tenant(ctx)?, q).await?),
-            Bound::Formula(q) => QueryResult::Metric(run_formula(ctx, tenant(ctx)?, q).await?),
+            Bound::Metric(q) => QueryResult::Metric(run_metrics(ctx, tenant(ctx)?, q, None).await?),
+            Bound::Formula(q) => {
+                QueryResult::Metric(run_formula(ctx, tenant(ctx)?, q, None).await?)
+            }
             Bound::Funnel(q) => QueryResult::Funnel(run_funnel(ctx, tenant(ctx)?, q).await?),
             Bound::Retention(q) => {
                 QueryResult::Retention(run_retention(ctx, tenant(ctx)?, q).await?)

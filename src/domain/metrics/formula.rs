@@ -513,15 +513,16 @@ pub async fn run(
     timeout: Duration,
     max_span: chrono::Duration,
     cache: Option<&crate::cache::HotCache>,
+    memo: Option<&super::PlanMemo>,
 ) -> AppResult<MetricResult> {
-    let prepared = prepare(q, Utc::now(), max_span)?;
+    let prepared = prepare(q, memo.map_or_else(Utc::now, |m| m.now), max_span)?;
     let now = prepared.now;
-    let results = futures_util::future::try_join_all(
-        prepared
-            .plans
-            .iter()
-            .map(|p| super::run_plan(db, ctx, p, now, timeout, cache)),
-    )
+    let results = futures_util::future::try_join_all(prepared.plans.iter().map(|p| async move {
+        match memo {
+            Some(memo) => memo.run(db, ctx, p, timeout, cache).await,
+            None => super::run_plan(db, ctx, p, now, timeout, cache).await,
+        }
+    }))
     .await?;
     let inputs: Vec<Input> = prepared
         .plans

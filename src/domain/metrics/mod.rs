@@ -12,6 +12,7 @@ pub mod raw;
 pub mod snapshot;
 pub mod time;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -68,6 +69,61 @@ pub struct MetricResult {
     pub cache: Option<cached::CacheUse>,
 }
 
+/// One run per distinct plan within one request, all planned at one `now`:
+/// a dashboard whose widgets and formulas share a query runs it once.
+#[derive(Clone)]
+pub struct PlanMemo {
+    pub now: DateTime<Utc>,
+    runs: std::sync::Arc<std::sync::Mutex<HashMap<String, SharedRun>>>,
+}
+
+type SharedRun = futures_util::future::Shared<
+    futures_util::future::BoxFuture<'static, Result<MetricResult, std::sync::Arc<AppError>>>,
+>;
+
+impl PlanMemo {
+    pub fn new(now: DateTime<Utc>) -> Self {
+        PlanMemo {
+            now,
+            runs: std::sync::Arc::default(),
+        }
+    }
+
+    /// [`run_plan`], or the answer of the identical plan already running
+    /// or run in this request.
+    pub(crate) async fn run(
+        &self,
+        db: &DatabaseConnection,
+        ctx: &TenantCtx,
+        plan: &plan::Plan,
+        timeout: Duration,
+        cache: Option<&HotCache>,
+    ) -> AppResult<MetricResult> {
+        use futures_util::FutureExt as _;
+        let key = format!("{}|{plan:?}", ctx.tenant_id);
+        let shared = {
+            let mut runs = self
+                .runs
+                .lock()
+                .map_err(|_| AppError::Internal(anyhow::anyhow!("plan memo poisoned")))?;
+            runs.entry(key)
+                .or_insert_with(|| {
+                    let (db, ctx, plan) = (db.clone(), ctx.clone(), plan.clone());
+                    let (cache, now) = (cache.cloned(), self.now);
+                    async move {
+                        run_plan(&db, &ctx, &plan, now, timeout, cache.as_ref())
+                            .await
+                            .map_err(std::sync::Arc::new)
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        shared.await.map_err(|e| e.duplicate())
+    }
+}
+
 /// Runs `query` for the caller's tenant; the database gets `timeout`, the
 /// range at most `max_span`. It holds a read transaction across awaits:
 /// callers run it on a detached task (`db::detached`), as the resolvers do.
@@ -78,10 +134,14 @@ pub async fn run(
     timeout: Duration,
     max_span: chrono::Duration,
     cache: Option<&HotCache>,
+    memo: Option<&PlanMemo>,
 ) -> AppResult<MetricResult> {
-    let now = Utc::now();
+    let now = memo.map_or_else(Utc::now, |m| m.now);
     let plan = plan::plan(query, now, max_span)?;
-    run_plan(db, ctx, &plan, now, timeout, cache).await
+    match memo {
+        Some(memo) => memo.run(db, ctx, &plan, timeout, cache).await,
+        None => run_plan(db, ctx, &plan, now, timeout, cache).await,
+    }
 }
 
 /// Answers a validated `plan` (made at `now`) for the caller's tenant, in a
