@@ -163,17 +163,33 @@ async fn every_date_and_range_input_refuses_extreme_dates_with_a_named_field() {
         error_code(&body).is_none() || error_code(&body) == Some("BAD_USER_INPUT"),
         "{body}"
     );
-    // Listing events across all of time answers (it steps nothing).
+    // The events listing takes the same sane years, naming the field (the
+    // fuzzer's year -262143 was an internal error on PostgreSQL).
+    for (f, field_name) in [
+        (json!({ "from": "0001-01-01T00:00:00Z" }), "filter.from"),
+        (json!({ "from": "-262143-01-01T00:00:00Z" }), "filter.from"),
+        (json!({ "to": "9999-12-31T23:59:59Z" }), "filter.to"),
+    ] {
+        let body = app
+            .gql_as(
+                &viewer,
+                "query($f: EventFilterInput) { events(filter: $f, first: 5) { edges { node { id } } } }",
+                json!({ "f": f }),
+            )
+            .await;
+        assert_code(&body, "BAD_USER_INPUT");
+        assert_eq!(field(&body), field_name, "{body}");
+    }
     let body = app
         .gql_as(
             &viewer,
             "query($f: EventFilterInput) { events(filter: $f, first: 5) { edges { node { id } } } }",
-            json!({ "f": { "from": "0001-01-01T00:00:00Z", "to": "9999-12-31T23:59:59Z" } }),
+            json!({ "f": { "from": "1970-01-01T00:00:00Z", "to": "2200-01-01T00:00:00Z" } }),
         )
         .await;
     assert!(
-        error_code(&body).is_none() || error_code(&body) == Some("BAD_USER_INPUT"),
-        "{body}"
+        body.get("errors").is_none(),
+        "the widest range answers: {body}"
     );
     // An event from the far future is refused, naming the field.
     let body = app

@@ -169,6 +169,17 @@ fn apply_filter(q: &mut SelectStatement, backend: DbBackend, f: &EventFilter) ->
         }
         q.and_where(Expr::col(Alias::new("type")).is_in(types.iter().cloned()));
     }
+    // The same sane years as every other range (see `metrics::plan`):
+    // PostgreSQL cannot even hold the extremes chrono can.
+    use crate::domain::metrics::plan::{EARLIEST, LATEST};
+    for (field, at) in [("filter.from", f.from), ("filter.to", f.to)] {
+        if at.is_some_and(|t| !(EARLIEST..=LATEST).contains(&t)) {
+            return Err(AppError::bad_input(
+                field,
+                "must be between 1970-01-01T00:00:00Z and 2200-01-01T00:00:00Z",
+            ));
+        }
+    }
     if let (Some(from), Some(to)) = (f.from, f.to)
         && from > to
     {
