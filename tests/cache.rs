@@ -27,18 +27,6 @@ fn three_days(types: &[&str]) -> Value {
             "range": { "from": midnight(3).to_rfc3339(), "to": midnight(0).to_rfc3339() } })
 }
 
-async fn ingest(app: &TestApp, token: &str, events: Value) {
-    let resp = app
-        .http
-        .post(app.url("/v1/events"))
-        .bearer_auth(token)
-        .json(&events)
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status().as_u16(), 202);
-}
-
 fn event(kind: &str, days_ago: i64, hour: u32) -> Value {
     let at = midnight(days_ago) + Duration::hours(i64::from(hour));
     json!({ "type": kind, "userId": "u1", "timestamp": at.to_rfc3339() })
@@ -72,8 +60,7 @@ async fn whole_buckets_are_served_until_an_event_lands_in_them() {
     let app = spawn_app().await;
     let t = app.tenant("cache").await;
     let token = app.token(&t, Role::Editor);
-    ingest(
-        &app,
+    app.ingest_ok(
         &token,
         json!([
             event("page_view", 3, 1),
@@ -94,41 +81,35 @@ async fn whole_buckets_are_served_until_an_event_lands_in_them() {
 
     // A late event two days back: that bucket alone is recomputed, and the
     // answer includes the event as soon as its ingestion was acknowledged.
-    ingest(&app, &token, json!([event("page_view", 2, 9)])).await;
+    app.ingest_ok(&token, json!([event("page_view", 2, 9)]))
+        .await;
     let (total, cached, recomputed) = run(&app, &token, &q).await;
     assert_eq!((total, cached), (3.0, false));
     assert_eq!(recomputed, vec![day(2)]);
 
     // Another type on another day leaves a query of page views cached;
     // a query of every type sees that day recomputed.
-    ingest(&app, &token, json!([event("signup", 1, 3)])).await;
+    app.ingest_ok(&token, json!([event("signup", 1, 3)])).await;
     let (total, cached, _) = run(&app, &token, &q).await;
     assert_eq!((total, cached), (3.0, true));
     let all = three_days(&[]);
     let (total, _, _) = run(&app, &token, &all).await;
     assert_eq!(total, 5.0);
-    ingest(&app, &token, json!([event("purchase", 1, 4)])).await;
+    app.ingest_ok(&token, json!([event("purchase", 1, 4)]))
+        .await;
     let (total, cached, recomputed) = run(&app, &token, &all).await;
     assert_eq!((total, cached), (6.0, false));
     assert_eq!(recomputed, vec![day(1)]);
 
     // The open bucket (today, up to now) is never filed, so a relative
     // range always recomputes its ends and includes the newest event.
-    ingest(
-        &app,
-        &token,
-        json!([{ "type": "page_view", "userId": "u2" }]),
-    )
-    .await;
+    app.ingest_ok(&token, json!([{ "type": "page_view", "userId": "u2" }]))
+        .await;
     let last = json!({ "measure": "COUNT", "granularity": "DAY", "eventTypes": ["page_view"],
                        "range": { "last": "2d" } });
     let (first, _, _) = run(&app, &token, &last).await;
-    ingest(
-        &app,
-        &token,
-        json!([{ "type": "page_view", "userId": "u3" }]),
-    )
-    .await;
+    app.ingest_ok(&token, json!([{ "type": "page_view", "userId": "u3" }]))
+        .await;
     let (second, cached, recomputed) = run(&app, &token, &last).await;
     assert_eq!(second, first + 1.0);
     assert!(!cached);
@@ -141,8 +122,7 @@ async fn tenants_never_share_entries_or_invalidations() {
     let a = app.tenant("cache-a").await;
     let b = app.tenant("cache-b").await;
     let (ta, tb) = (app.token(&a, Role::Editor), app.token(&b, Role::Editor));
-    ingest(
-        &app,
+    app.ingest_ok(
         &ta,
         json!([event("page_view", 2, 1), event("page_view", 1, 1)]),
     )
@@ -154,7 +134,7 @@ async fn tenants_never_share_entries_or_invalidations() {
     let (total, cached, recomputed) = run(&app, &tb, &q).await;
     assert_eq!((total, cached, recomputed.len()), (0.0, false, 3));
     // B's events move B's generations only.
-    ingest(&app, &tb, json!([event("page_view", 2, 3)])).await;
+    app.ingest_ok(&tb, json!([event("page_view", 2, 3)])).await;
     assert_eq!(run(&app, &tb, &q).await.0, 1.0);
     let (total, cached, _) = run(&app, &ta, &q).await;
     assert_eq!((total, cached), (2.0, true));
@@ -175,12 +155,14 @@ async fn an_event_acknowledged_by_one_instance_is_read_by_another() {
     let two = spawn_app().await;
     let t = one.tenant("cache-two").await;
     let token = one.token(&t, Role::Editor);
-    ingest(&one, &token, json!([event("page_view", 2, 1)])).await;
+    one.ingest_ok(&token, json!([event("page_view", 2, 1)]))
+        .await;
     let q = three_days(&["page_view"]);
     assert_eq!(run(&two, &token, &q).await.0, 1.0);
     let (total, cached, _) = run(&two, &token, &q).await;
     assert_eq!((total, cached), (1.0, true));
-    ingest(&one, &token, json!([event("page_view", 2, 4)])).await;
+    one.ingest_ok(&token, json!([event("page_view", 2, 4)]))
+        .await;
     let (total, cached, recomputed) = run(&two, &token, &q).await;
     assert_eq!((total, cached), (2.0, false));
     assert_eq!(recomputed, vec![day(2)]);
@@ -249,19 +231,7 @@ impl Drop for OwnRedis {
 }
 
 async fn cache_errors(app: &TestApp) -> f64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find(|l| l.starts_with("pulse_cache_errors_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(f64::NAN)
+    app.counter("pulse_cache_errors_total").await
 }
 
 /// The total and whether the cache took part, without insisting it did.
@@ -286,7 +256,8 @@ async fn redis_away_is_not_an_outage_and_its_return_serves_nothing_stale() {
     .await;
     let t = app.tenant("cache-redis").await;
     let token = app.token(&t, Role::Editor);
-    ingest(&app, &token, json!([event("page_view", 2, 1)])).await;
+    app.ingest_ok(&token, json!([event("page_view", 2, 1)]))
+        .await;
     let q = three_days(&["page_view"]);
     assert_eq!(answer(&app, &token, &q).await, (1.0, Some(false)));
     assert_eq!(answer(&app, &token, &q).await, (1.0, Some(true)));
@@ -296,7 +267,8 @@ async fn redis_away_is_not_an_outage_and_its_return_serves_nothing_stale() {
     // missed bump is applied before any entry is read.
     let errors = cache_errors(&app).await;
     assert!(redis.cli(&["CLIENT", "PAUSE", "1500", "ALL"]).is_some());
-    ingest(&app, &token, json!([event("page_view", 2, 6)])).await;
+    app.ingest_ok(&token, json!([event("page_view", 2, 6)]))
+        .await;
     assert_eq!(answer(&app, &token, &q).await, (2.0, None));
     assert!(cache_errors(&app).await > errors, "failures are counted");
     tokio::time::sleep(std::time::Duration::from_millis(1_600)).await;
@@ -305,7 +277,8 @@ async fn redis_away_is_not_an_outage_and_its_return_serves_nothing_stale() {
 
     // Stopped: still right, from the database.
     redis.stop();
-    ingest(&app, &token, json!([event("page_view", 2, 7)])).await;
+    app.ingest_ok(&token, json!([event("page_view", 2, 7)]))
+        .await;
     assert_eq!(answer(&app, &token, &q).await.0, 3.0);
     // Back, empty: caching resumes without a restart.
     redis.restart();

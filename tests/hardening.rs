@@ -1011,21 +1011,7 @@ async fn aliased_me_fields_read_the_callers_rows_once() {
     let app = spawn_app().await;
     let t = app.tenant("me-aliases").await;
     let token = app.token(&t, Role::Viewer);
-    let statements = || async {
-        let text = app
-            .http
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
-            .find(|l| l.starts_with("pulse_db_statements_total"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
+    let statements = || app.counter("pulse_db_statements_total");
     let mut cost = Vec::new();
     for n in [1, 1_000] {
         let fields: String = (0..n).map(|i| format!(" a{i}: me {{ role }}")).collect();

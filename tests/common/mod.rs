@@ -389,6 +389,41 @@ impl TestApp {
     pub async fn gql_anonymous(&self, query: &str, variables: Value) -> Value {
         self.post_gql(None, query, variables).await.1
     }
+
+    /// Posts `events` to `/v1/events` with `token`; they must be accepted.
+    pub async fn ingest_ok(&self, token: &str, events: Value) {
+        let resp = self
+            .http
+            .post(self.url("/v1/events"))
+            .bearer_auth(token)
+            .json(&events)
+            .send()
+            .await
+            .expect("send");
+        let status = resp.status().as_u16();
+        assert_eq!(status, 202, "{}", resp.text().await.unwrap_or_default());
+    }
+
+    /// The sum of a Prometheus counter's series on `/metrics` (e.g.
+    /// `pulse_db_statements_total`), 0 when it has none yet.
+    pub async fn counter(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
 }
 
 /// The `extensions.code` of the first error, if any.
