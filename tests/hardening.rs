@@ -18,23 +18,6 @@ use crate::common::*;
 
 const METRICS: &str = "query($q: MetricQueryInput!) { metrics(query: $q) { total } }";
 
-async fn ingest(app: &TestApp, token: &str, events: Value) {
-    let resp = app
-        .http
-        .post(app.url("/v1/events"))
-        .bearer_auth(token)
-        .json(&events)
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(
-        resp.status().as_u16(),
-        202,
-        "{}",
-        resp.text().await.unwrap_or_default()
-    );
-}
-
 fn field(body: &Value) -> &str {
     body["errors"][0]["extensions"]["field"]
         .as_str()
@@ -247,9 +230,9 @@ async fn a_flooding_tenant_queues_behind_itself_while_another_is_served() {
                     "properties": { "ms": i } })
         })
         .collect();
-    ingest(&app, &app.token(&flood, Role::Editor), json!(events)).await;
-    ingest(
-        &app,
+    app.ingest_ok(&app.token(&flood, Role::Editor), json!(events))
+        .await;
+    app.ingest_ok(
         &app.token(&calm, Role::Editor),
         json!([{ "type": "x" }, { "type": "x" }, { "type": "x" }, { "type": "y" }]),
     )
@@ -847,14 +830,12 @@ async fn cancelled_requests_never_leave_a_pooled_connection_inside_a_transaction
     }
     let warnings_before = transaction_warnings();
     let (a, b) = (app.tenant("cancel-a").await, app.tenant("cancel-b").await);
-    ingest(
-        &app,
+    app.ingest_ok(
         &app.token(&a, Role::Editor),
         json!([{ "type": "a-only", "userId": "ua" }]),
     )
     .await;
-    ingest(
-        &app,
+    app.ingest_ok(
         &app.token(&b, Role::Editor),
         json!([{ "type": "b-only", "userId": "ub" }]),
     )

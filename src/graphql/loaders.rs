@@ -51,29 +51,14 @@ impl Loader<InTenant<Uuid>> for UserLoader {
         &self,
         keys: &[InTenant<Uuid>],
     ) -> Result<HashMap<InTenant<Uuid>, user::Model>, Self::Error> {
-        let mut found = HashMap::new();
-        for (tenant, ids) in by_tenant(keys, |k| k) {
-            let rows = scoped(&self.db, &reader_of(tenant), move |txn| {
-                Box::pin(async move {
-                    Ok(user::Entity::find()
-                        .filter(user::Column::TenantId.eq(tenant))
-                        .filter(user::Column::Id.is_in(ids))
-                        .all(txn)
-                        .await?)
-                })
-            })
-            .await?;
-            for row in rows {
-                found.insert(
-                    InTenant {
-                        tenant,
-                        key: row.id,
-                    },
-                    row,
-                );
-            }
-        }
-        Ok(found)
+        rows_by_id::<user::Entity>(
+            &self.db,
+            keys,
+            user::Column::TenantId,
+            user::Column::Id,
+            |row| row.id,
+        )
+        .await
     }
 }
 
@@ -98,7 +83,7 @@ impl Loader<InTenant<Uuid>> for GrantLoader {
     ) -> Result<HashMap<InTenant<Uuid>, Self::Value>, Self::Error> {
         let mut found: HashMap<InTenant<Uuid>, Self::Value> =
             keys.iter().map(|k| (*k, Vec::new())).collect();
-        for (tenant, ids) in by_tenant(keys, |k| k) {
+        for (tenant, ids) in by_tenant(keys) {
             let rows = scoped(&self.db, &reader_of(tenant), move |txn| {
                 Box::pin(async move {
                     Ok(dashboard_permission::Entity::find()
@@ -145,29 +130,14 @@ impl Loader<InTenant<Uuid>> for SavedQueryLoader {
         &self,
         keys: &[InTenant<Uuid>],
     ) -> Result<HashMap<InTenant<Uuid>, Self::Value>, Self::Error> {
-        let mut found = HashMap::new();
-        for (tenant, ids) in by_tenant(keys, |k| k) {
-            let rows = scoped(&self.db, &reader_of(tenant), move |txn| {
-                Box::pin(async move {
-                    Ok(saved_query::Entity::find()
-                        .filter(saved_query::Column::TenantId.eq(tenant))
-                        .filter(saved_query::Column::Id.is_in(ids))
-                        .all(txn)
-                        .await?)
-                })
-            })
-            .await?;
-            for row in rows {
-                found.insert(
-                    InTenant {
-                        tenant,
-                        key: row.id,
-                    },
-                    row,
-                );
-            }
-        }
-        Ok(found)
+        rows_by_id::<saved_query::Entity>(
+            &self.db,
+            keys,
+            saved_query::Column::TenantId,
+            saved_query::Column::Id,
+            |row| row.id,
+        )
+        .await
     }
 }
 
@@ -251,10 +221,49 @@ impl Loader<InTenant<(Uuid, u64)>> for VersionLoader {
 }
 
 /// Keys grouped by tenant.
-fn by_tenant<K: Copy>(keys: &[InTenant<K>], key: impl Fn(K) -> Uuid) -> BTreeMap<Uuid, Vec<Uuid>> {
+fn by_tenant(keys: &[InTenant<Uuid>]) -> BTreeMap<Uuid, Vec<Uuid>> {
     let mut groups: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
     for k in keys {
-        groups.entry(k.tenant).or_default().push(key(k.key));
+        groups.entry(k.tenant).or_default().push(k.key);
     }
     groups
+}
+
+/// Rows of `E` by id, one `IN (…)` statement per tenant of the batch, each
+/// in that tenant's scoped transaction.
+async fn rows_by_id<E>(
+    db: &DatabaseConnection,
+    keys: &[InTenant<Uuid>],
+    tenant_column: E::Column,
+    id_column: E::Column,
+    id_of: fn(&E::Model) -> Uuid,
+) -> Result<HashMap<InTenant<Uuid>, E::Model>, async_graphql::Error>
+where
+    E: EntityTrait,
+    E::Model: Send + Sync + 'static,
+    E::Column: Send + 'static,
+{
+    let mut found = HashMap::new();
+    for (tenant, ids) in by_tenant(keys) {
+        let rows = scoped(db, &reader_of(tenant), move |txn| {
+            Box::pin(async move {
+                Ok(E::find()
+                    .filter(tenant_column.eq(tenant))
+                    .filter(id_column.is_in(ids))
+                    .all(txn)
+                    .await?)
+            })
+        })
+        .await?;
+        for row in rows {
+            found.insert(
+                InTenant {
+                    tenant,
+                    key: id_of(&row),
+                },
+                row,
+            );
+        }
+    }
+    Ok(found)
 }

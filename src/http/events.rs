@@ -101,37 +101,21 @@ fn format(headers: &HeaderMap) -> Result<Format, String> {
     }
 }
 
-/// The raw body, at most `limit` bytes. It is read before anything is
-/// refused: a response sent while the client is still writing makes the
-/// server close the connection under it, and the client sees a broken pipe
-/// instead of the answer. Past the limit the connection is closed (its
-/// unread rest cannot be skipped), and the response says so.
+/// The raw body, at most `limit` bytes (see [`super::read_bounded`]).
 async fn read_body(
     body: axum::body::Body,
     headers: &HeaderMap,
     limit: usize,
 ) -> Result<axum::body::Bytes, Response> {
-    let too_large = || {
-        let mut response = plain_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PAYLOAD_TOO_LARGE",
-            format!("the request body exceeds the limit of {limit} bytes"),
-        );
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        response
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    axum::body::to_bytes(body, limit)
+    super::read_bounded(body, headers, limit)
         .await
-        .map_err(|_| too_large())
+        .map_err(|_| {
+            super::closing(plain_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                format!("the request body exceeds the limit of {limit} bytes"),
+            ))
+        })
 }
 
 /// The body decoded by its `Content-Encoding` (gzip or none), at most

@@ -207,40 +207,20 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// Reads the body up to the configured limit; past it, 413.
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Response> {
-    // Past the limit the unread rest cannot be skipped, so the connection
-    // closes after the answer, and the answer says so.
-    let too_large = || {
-        let mut response = transport_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PAYLOAD_TOO_LARGE",
-            &format!("request body exceeds the limit of {limit} bytes"),
-        );
-        response.headers_mut().insert(
-            header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
-        response
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let is_limit = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if is_limit {
-            too_large()
-        } else {
-            transport_error(
+    super::read_bounded(body, headers, limit)
+        .await
+        .map_err(|why| match why {
+            super::Unread::TooLarge => super::closing(transport_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                &format!("request body exceeds the limit of {limit} bytes"),
+            )),
+            super::Unread::Broken => transport_error(
                 StatusCode::BAD_REQUEST,
                 "BAD_USER_INPUT",
                 "could not read the request body",
-            )
-        }
-    })
+            ),
+        })
 }
 
 pub async fn post_graphql(

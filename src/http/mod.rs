@@ -40,6 +40,51 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
+
+/// Why a request body could not be read whole.
+pub(crate) enum Unread {
+    /// Declared or found larger than the limit.
+    TooLarge,
+    /// The client's stream broke off.
+    Broken,
+}
+
+/// The request body, at most `limit` bytes, read before anything is refused:
+/// a response sent while the client is still writing makes the server close
+/// the connection under it, and the client sees a broken pipe instead of the
+/// answer. Each route answers [`Unread`] in its own error format, through
+/// [`closing`] for `TooLarge`.
+pub(crate) async fn read_bounded(
+    body: Body,
+    headers: &axum::http::HeaderMap,
+    limit: usize,
+) -> Result<axum::body::Bytes, Unread> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Unread::TooLarge);
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let is_limit = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if is_limit {
+            Unread::TooLarge
+        } else {
+            Unread::Broken
+        }
+    })
+}
+
+/// `response` with `Connection: close`: past a body's limit its unread rest
+/// cannot be skipped, so the connection ends after the answer, and says so.
+pub(crate) fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
 use crate::error::{AppError, REQUEST_ID};
 use crate::graphql::PulseSchema;
 
