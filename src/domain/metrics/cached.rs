@@ -166,7 +166,10 @@ pub async fn aggregate(
     let now = Utc::now();
     let mut computed: Vec<Cell> = Vec::new();
     let mut skipped = 0u64;
-    let mut from_rollups = false;
+    // Where the answer comes from is a property of the question, as on
+    // the uncached path: cached buckets were computed the same way, and the
+    // runs left (often just the cut ends) may be too short for rollups.
+    let from_rollups = raw::rollup_window(plan).is_some();
     if !runs.is_empty() {
         let mut session = Snapshot::begin(db, ctx, timeout).await?;
         for &(first, last) in &runs {
@@ -175,7 +178,6 @@ pub async fn aggregate(
             part.to = slots[last].to;
             part.buckets = plan.buckets[first..=last].to_vec();
             let rollup = raw::rollup_window(&part);
-            from_rollups |= rollup.is_some();
             let fetched =
                 within(timeout, cells::fetch(&mut session, &part, tenant, rollup)).await?;
             let Some((cells, part_skipped)) = fetched else {
