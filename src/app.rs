@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::jwt::{self, JwtKeys};
 use crate::cache::HotCache;
+use crate::cache::rate::RateLimiter;
 use crate::config::Config;
 use crate::domain::events::store::Store;
 use crate::domain::events::writer::{Writer, WriterConfig};
@@ -37,6 +38,8 @@ pub struct App {
     pub bus: Bus,
     /// The hot-metric cache: in-process, or Redis with a local tier.
     pub cache: HotCache,
+    /// Per-tenant and per-user rate limits (and the per-minute budget).
+    pub limiter: RateLimiter,
     pub event_store: Arc<Store>,
     /// The group-commit writer every ingestion path goes through.
     pub writer: Writer,
@@ -83,16 +86,22 @@ impl AppState {
         .await
         .with_context(|| format!("cannot open database {}", redact(&config.database.url)))?;
         db::migrate(&db).await.context("cannot apply migrations")?;
-        let (redis, bus, cache) = match &config.redis_url {
+        let (redis, bus, cache, limiter) = match &config.redis_url {
             Some(url) => {
                 let (client, conn) = connect_redis(url).await?;
                 (
                     Some(conn.clone()),
                     Bus::redis(client, conn.clone()),
-                    HotCache::redis(conn, metrics.cache.clone()),
+                    HotCache::redis(conn.clone(), metrics.cache.clone()),
+                    RateLimiter::redis(conn, metrics.rates.clone()),
                 )
             }
-            None => (None, Bus::memory(), HotCache::memory(metrics.cache.clone())),
+            None => (
+                None,
+                Bus::memory(),
+                HotCache::memory(metrics.cache.clone()),
+                RateLimiter::memory(metrics.rates.clone()),
+            ),
         };
         let event_store = Arc::new(Store::new(db.clone()));
         event_store
@@ -135,6 +144,7 @@ impl AppState {
             metrics,
             bus,
             cache,
+            limiter,
             event_store,
             writer,
             demo_token: OnceLock::new(),

@@ -70,6 +70,14 @@ pub struct Metrics {
     pub db_statements: Counter,
     /// What the hot-metric cache did.
     pub cache: crate::cache::CacheCounters,
+    /// What the rate limiter refused.
+    pub rates: crate::cache::rate::RateCounters,
+    /// Metric queries refused for their estimated cost.
+    pub budget_rejections: Counter,
+    /// Estimated rows of metric queries, before they run.
+    pub query_cost_estimated: Histogram,
+    /// Rows metric queries actually aggregated, to check the estimate by.
+    pub query_cost_actual: Histogram,
     /// Panics caught while serving a request.
     pub panics: Counter,
     /// The label values `graphql_requests` may use.
@@ -140,6 +148,36 @@ impl Metrics {
         ] {
             registry.register(name, help, counter.clone());
         }
+        let rates = crate::cache::rate::RateCounters::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by kind (query, mutation, ingestion, budget)",
+            rates.rejected.clone(),
+        );
+        registry.register(
+            "rate_limit_errors",
+            "Rate-limit checks Redis did not answer (limited in-process instead)",
+            rates.errors.clone(),
+        );
+        let budget_rejections = Counter::default();
+        registry.register(
+            "budget_rejections",
+            "Metric queries refused with QUERY_TOO_EXPENSIVE (per query or per minute)",
+            budget_rejections.clone(),
+        );
+        // 1 row to ~10^12.
+        let query_cost_estimated = Histogram::new(exponential_buckets(1.0, 4.0, 21));
+        let query_cost_actual = Histogram::new(exponential_buckets(1.0, 4.0, 21));
+        registry.register(
+            "query_cost_estimated_rows",
+            "Rows a metric query was estimated to touch, before it ran",
+            query_cost_estimated.clone(),
+        );
+        registry.register(
+            "query_cost_actual_rows",
+            "Rows a metric query aggregated",
+            query_cost_actual.clone(),
+        );
         registry.register(
             "db_statements",
             "Statements sent to the database (through sea-orm)",
@@ -247,6 +285,10 @@ impl Metrics {
             panics,
             db_statements,
             cache,
+            rates,
+            budget_rejections,
+            query_cost_estimated,
+            query_cost_actual,
             operation_names: OperationNames::new(cap),
         }
     }

@@ -280,6 +280,8 @@ async fn redis_away_is_not_an_outage_and_its_return_serves_nothing_stale() {
     app.ingest_ok(&token, json!([event("page_view", 2, 7)]))
         .await;
     assert_eq!(answer(&app, &token, &q).await.0, 3.0);
+    // Rate limits went on in-process meanwhile, and said so.
+    assert!(app.counter("pulse_rate_limit_errors_total").await > 0.0);
     // Back, empty: caching resumes without a restart.
     redis.restart();
     let mut resumed = false;

@@ -883,6 +883,7 @@ async fn cancelled_requests_never_leave_a_pooled_connection_inside_a_transaction
         user_id: Some(b.user(Role::Admin).id),
         actor: b.user(Role::Admin).email.clone(),
         role: Role::Admin,
+        policy: Default::default(),
     };
     for micros in (0..3_000).step_by(5) {
         let work = pulse::db::scoped(&app.state.db, &ctx_b, |txn| {
@@ -928,6 +929,7 @@ async fn cancelled_requests_never_leave_a_pooled_connection_inside_a_transaction
         user_id: Some(a.user(Role::Admin).id),
         actor: a.user(Role::Admin).email.clone(),
         role: Role::Admin,
+        policy: Default::default(),
     };
     let checks = (0..5).map(|_| {
         let (db, ctx) = (app.state.db.clone(), ctx.clone());

@@ -17,6 +17,7 @@ mod hardening;
 mod http;
 mod isolation;
 mod journeys;
+mod limits;
 mod metrics;
 mod plans;
 mod rls;

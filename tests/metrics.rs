@@ -822,6 +822,7 @@ async fn the_database_itself_stops_a_statement_past_the_deadline() {
         user_id: Some(admin.id),
         actor: admin.email.clone(),
         role: Role::Viewer,
+        policy: Default::default(),
     };
     let db = &app.state.db;
     let sql = |text: &str| Statement::from_string(db.get_database_backend(), text);

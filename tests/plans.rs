@@ -255,6 +255,7 @@ async fn every_golden_statement_reads_only_its_time_range() {
         user_id: Some(tenant.user(Role::Viewer).id),
         actor: String::new(),
         role: Role::Viewer,
+        policy: Default::default(),
     };
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");

@@ -120,6 +120,7 @@ async fn request_paths_run_as_the_tenant_scoped_role() {
         user_id: Some(acme.user(pulse::auth::Role::Admin).id),
         actor: acme.user(pulse::auth::Role::Admin).email.clone(),
         role: pulse::auth::Role::Admin,
+        policy: Default::default(),
     };
     let (user, tenant, tenants): (String, String, i64) =
         pulse::db::scoped(&app.state.db, &ctx, |txn| {

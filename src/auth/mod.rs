@@ -5,6 +5,7 @@
 
 pub mod jwt;
 pub mod password;
+pub mod policy;
 
 use sea_orm::entity::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -83,6 +84,8 @@ pub struct TenantCtx {
     /// The role in force: the token's, but never more than the user's
     /// current role.
     pub role: Role,
+    /// What the tenant's plan allows, as read with the tenant.
+    pub policy: std::sync::Arc<policy::Policy>,
 }
 
 /// The `sub` prefix of service tokens: tokens that act for a tenant

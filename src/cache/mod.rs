@@ -23,6 +23,8 @@
 //!
 //! Every key carries the tenant: `pulse:{tenant}:…`.
 
+pub mod rate;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -4,6 +4,7 @@
 //! Both are named system paths: they run before a tenant is known, on the
 //! connection's own role, and every query names the tenant explicitly.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::{
@@ -13,6 +14,7 @@ use uuid::Uuid;
 
 use super::audit::{self, Actor, Change};
 use crate::auth::jwt::{JwtKeys, TokenError};
+use crate::auth::policy::Policy;
 use crate::auth::{RequestMeta, SERVICE_PREFIX, TenantCtx, password};
 use crate::db;
 use crate::entities::tenant;
@@ -39,6 +41,7 @@ pub async fn authenticate(
     if !tenant.status.is_usable() {
         return Err(AppError::TenantSuspended);
     }
+    let policy = Arc::new(Policy::of(&tenant.plan, &tenant.settings));
     if let Some(name) = claims.sub.strip_prefix(SERVICE_PREFIX) {
         let valid = (1..=64).contains(&name.len())
             && name
@@ -53,6 +56,7 @@ pub async fn authenticate(
             user_id: None,
             actor: claims.sub.clone(),
             role: claims.role,
+            policy,
         });
     }
     let by_subject = match Uuid::parse_str(&claims.sub) {
@@ -75,6 +79,7 @@ pub async fn authenticate(
         actor: user.email,
         // A token outlives a demotion; the user's current role bounds it.
         role: claims.role.min(user.role),
+        policy,
     })
 }
 

@@ -982,6 +982,7 @@ pub async fn open_link(
         user_id: None,
         actor: format!("share:{link_id}"),
         role: Role::Viewer,
+        policy: Default::default(),
     };
     let reader = viewer.clone();
     scoped(db, &viewer, move |txn| {
@@ -1035,6 +1036,7 @@ mod tests {
             user_id: Some(user),
             actor: "a".into(),
             role,
+            policy: Default::default(),
         }
     }
 

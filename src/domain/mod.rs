@@ -7,6 +7,7 @@ pub mod auth;
 pub mod dashboards;
 pub mod demo;
 pub mod events;
+pub mod limits;
 pub mod metrics;
 pub mod page;
 pub mod saved_queries;

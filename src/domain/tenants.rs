@@ -13,6 +13,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::audit::{self, Actor, Change};
+use crate::auth::policy::LimitsOverride;
 use crate::auth::{RequestMeta, Role, TenantCtx};
 use crate::db;
 use crate::entities::tenant::{self, TenantStatus};
@@ -39,6 +40,7 @@ pub fn audit_image(t: &tenant::Model) -> serde_json::Value {
         "status": t.status.to_value(),
         "plan": t.plan,
         "maxUsers": t.max_users,
+        "limits": t.settings.get("limits"),
     })
 }
 
@@ -175,6 +177,9 @@ pub(crate) async fn insert(
     if !settings.is_object() {
         return Err(AppError::bad_input("settings", "must be a JSON object"));
     }
+    if let Some(limits) = settings.get("limits") {
+        LimitsOverride::parse(limits).map_err(|e| AppError::bad_input("settings.limits", e))?;
+    }
     if tenant::Entity::find()
         .filter(tenant::Column::Slug.eq(&slug))
         .one(conn)
@@ -224,6 +229,56 @@ pub async fn set_status(
     slug: &str,
     status: TenantStatus,
 ) -> AppResult<tenant::Model> {
+    update_by_slug(db, ctx, meta, slug, "tenant.set_status", move |t| {
+        t.status = Set(status);
+        Ok(())
+    })
+    .await
+}
+
+/// Moves a tenant to `plan` and, when given, replaces the `limits` that
+/// override the plan's defaults (`{}` clears them): SUPER_ADMIN only, as a
+/// tenant must not raise its own limits. Holds from the next request on.
+pub async fn set_plan(
+    db: &DatabaseConnection,
+    ctx: &TenantCtx,
+    meta: &RequestMeta,
+    slug: &str,
+    plan: String,
+    limits: Option<serde_json::Value>,
+) -> AppResult<tenant::Model> {
+    let plan = plan.trim().to_owned();
+    if plan.is_empty() || plan.len() > 32 {
+        return Err(AppError::bad_input("plan", "must be 1 to 32 characters"));
+    }
+    if let Some(limits) = &limits {
+        LimitsOverride::parse(limits).map_err(|e| AppError::bad_input("limits", e))?;
+    }
+    update_by_slug(db, ctx, meta, slug, "tenant.set_plan", move |t| {
+        t.plan = Set(plan);
+        if let Some(limits) = limits {
+            let mut settings = match t.settings.as_ref() {
+                serde_json::Value::Object(map) => map.clone(),
+                _ => serde_json::Map::new(),
+            };
+            settings.insert("limits".into(), limits);
+            t.settings = Set(serde_json::Value::Object(settings));
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Changes the tenant `slug` with `change`, audited as `action` in the
+/// caller's tenant and, when different, in the tenant changed.
+async fn update_by_slug(
+    db: &DatabaseConnection,
+    ctx: &TenantCtx,
+    meta: &RequestMeta,
+    slug: &str,
+    action: &'static str,
+    change: impl FnOnce(&mut tenant::ActiveModel) -> AppResult<()> + Send + 'static,
+) -> AppResult<tenant::Model> {
     require_super_admin(ctx)?;
     let (caller, meta, slug) = (ctx.clone(), meta.clone(), slug.to_owned());
     db::transaction(db, move |txn| {
@@ -235,7 +290,7 @@ pub async fn set_status(
                 .ok_or_else(|| AppError::bad_input("slug", "no tenant with this slug"))?;
             let before = audit_image(&current);
             let mut active = current.into_active_model();
-            active.status = Set(status);
+            change(&mut active)?;
             active.updated_at = Set(chrono::Utc::now());
             let updated = active.update(txn).await?;
             let after = audit_image(&updated);
@@ -250,7 +305,7 @@ pub async fn set_status(
                     &Actor::of(&caller),
                     &meta,
                     Change {
-                        action: "tenant.set_status",
+                        action,
                         resource_type: "tenant",
                         resource_id: Some(updated.id.to_string()),
                         before: Some(before.clone()),

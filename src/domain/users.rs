@@ -210,6 +210,7 @@ pub async fn bootstrap(
         user_id: None,
         actor: format!("{}cli", crate::auth::SERVICE_PREFIX),
         role: Role::SuperAdmin,
+        policy: Default::default(),
     };
     Ok((create(db, &ctx, meta, input).await?, true))
 }

@@ -53,6 +53,7 @@ pub async fn seed_dashboards(state: &AppState) -> anyhow::Result<usize> {
             user_id: Some(admin.id),
             actor: admin.email.clone(),
             role: Role::Admin,
+            policy: Default::default(),
         };
         let run = |query: &'static str, variables: Value| {
             let schema = schema.clone();

@@ -212,7 +212,15 @@ impl EventMutation {
                 line: None,
             })
             .collect();
-        let counts = events::ingest(&app.db, &app.writer, tenant(ctx)?, facts, items).await?;
+        let counts = events::ingest(
+            &app.db,
+            &app.writer,
+            &app.limiter,
+            tenant(ctx)?,
+            facts,
+            items,
+        )
+        .await?;
         Ok(IngestResult {
             accepted: i32::try_from(counts.accepted).unwrap_or(i32::MAX),
             duplicates: i32::try_from(counts.duplicates).unwrap_or(i32::MAX),

@@ -40,6 +40,7 @@ fn reader_of(tenant: Uuid) -> TenantCtx {
         user_id: None,
         actor: "loader".into(),
         role: Role::Viewer,
+        policy: Default::default(),
     }
 }
 

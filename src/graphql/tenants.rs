@@ -143,6 +143,31 @@ impl TenantMutation {
         Ok(Tenant(updated))
     }
 
+    /// Moves a tenant to another plan; `limits` (when given) overrides the
+    /// plan's rate limits and query budget:
+    /// `{queries, mutations, ingestion: {per_tenant, per_user}, budget:
+    /// {per_query, per_minute}}`, each part optional, rates per minute,
+    /// budgets in estimated rows. Holds from the next request on.
+    #[graphql(guard = "RoleGuard::new(Role::SuperAdmin)")]
+    async fn set_tenant_plan(
+        &self,
+        ctx: &Context<'_>,
+        slug: String,
+        plan: String,
+        limits: Option<Json<serde_json::Value>>,
+    ) -> Result<Tenant> {
+        let updated = tenants::set_plan(
+            &state(ctx)?.db,
+            tenant(ctx)?,
+            meta(ctx),
+            &slug,
+            plan,
+            limits.map(|j| j.0),
+        )
+        .await?;
+        Ok(Tenant(updated))
+    }
+
     /// Changes the caller's own tenant's settings (ADMIN and up).
     #[graphql(guard = "RoleGuard::new(Role::Admin)")]
     async fn update_tenant_settings(

@@ -285,7 +285,7 @@ pub async fn post_events(
             .map(|ua| ua.chars().take(512).collect()),
         source: Source::Http,
     };
-    match events::ingest(&app.db, &app.writer, &ctx, facts, items).await {
+    match events::ingest(&app.db, &app.writer, &app.limiter, &ctx, facts, items).await {
         Ok(counts) => (StatusCode::ACCEPTED, axum::Json(counts)).into_response(),
         Err(e) => error_response(e),
     }

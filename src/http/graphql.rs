@@ -24,8 +24,9 @@ use serde_json::json;
 
 use super::{HttpState, RequestId};
 use crate::auth::RequestMeta;
+use crate::cache::rate::Kind;
 use crate::config::Limits;
-use crate::domain::auth::authenticate;
+use crate::domain::{self, auth::authenticate};
 use crate::error::AppError;
 use crate::graphql::{self, Caller, Executed};
 use crate::telemetry::{CodeLabels, OperationLabels};
@@ -272,6 +273,10 @@ pub async fn post_graphql(
     }
     let meta = request_meta(&headers, Some(peer), parts.extensions.get::<RequestId>());
     let caller = caller(&state, &headers).await;
+    let mut batch = batch;
+    if let Err(refused) = admit(&state, &caller, &mut batch).await {
+        return refused;
+    }
     let response = execute(&state, batch, caller, meta).await;
     into_http(response, &headers)
 }
@@ -310,8 +315,56 @@ pub async fn get_graphql(
     }
     let meta = request_meta(headers, Some(peer), request.extensions().get::<RequestId>());
     let caller = caller(&state, headers).await;
-    let response = execute(&state, BatchRequest::Single(gql), caller, meta).await;
+    let mut batch = BatchRequest::Single(gql);
+    if let Err(refused) = admit(&state, &caller, &mut batch).await {
+        return refused;
+    }
+    let response = execute(&state, batch, caller, meta).await;
     into_http(response, headers)
+}
+
+/// Takes the batch's operations from the caller's query and mutation
+/// rates; over either, the whole batch is refused with 429, `Retry-After`
+/// and `RATE_LIMITED` before anything runs. Anonymous callers are left to
+/// execution, which refuses them.
+async fn admit(
+    state: &HttpState,
+    caller: &Caller,
+    batch: &mut BatchRequest,
+) -> Result<(), Response> {
+    let Caller::Authenticated(ctx) = caller else {
+        return Ok(());
+    };
+    let limits = &state.app.config.limits;
+    let requests: Vec<&mut GqlRequest> = match batch {
+        BatchRequest::Single(r) => vec![r],
+        BatchRequest::Batch(rs) => rs.iter_mut().collect(),
+    };
+    let total = requests.len() as u64;
+    let mutations = requests
+        .into_iter()
+        .filter_map(|r| is_mutation(r, limits).then_some(()))
+        .count() as u64;
+    let limiter = &state.app.limiter;
+    let taken = async {
+        domain::limits::admit(limiter, ctx, Kind::Mutation, mutations).await?;
+        domain::limits::admit(limiter, ctx, Kind::Query, total - mutations).await
+    };
+    taken.await.map_err(|err| {
+        let retry = match &err {
+            AppError::RateLimited { retry_after, .. } => retry_after.as_secs_f64().ceil() as u64,
+            _ => 1,
+        };
+        let extended = async_graphql::ErrorExtensions::extend(&err);
+        let body = json!({ "errors": [{
+            "message": extended.message,
+            "extensions": { "code": err.code(), "retryAfter": retry },
+        }] });
+        let mut resp = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(retry.max(1)));
+        resp
+    })
 }
 
 /// The request's document parsed, when its text is within the lexical

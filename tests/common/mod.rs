@@ -23,7 +23,7 @@ use pulse::app::{AppState, Application};
 use pulse::auth::Role;
 use pulse::config::Config;
 use pulse::entities::{tenant, user};
-use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -347,6 +347,20 @@ impl TestApp {
             slug,
             users,
         }
+    }
+
+    /// Sets the tenant's plan and settings directly (as a SUPER_ADMIN
+    /// would); they hold from the next request on.
+    pub async fn set_plan(&self, tenant: &TestTenant, plan: &str, settings: Value) {
+        let mut row: tenant::ActiveModel = tenant::Entity::find_by_id(tenant.id)
+            .one(&self.state.db)
+            .await
+            .expect("read tenant")
+            .expect("tenant exists")
+            .into();
+        row.plan = Set(plan.to_owned());
+        row.settings = Set(settings);
+        row.update(&self.state.db).await.expect("update tenant");
     }
 
     /// A token for the tenant's user of `role`, valid for an hour.

@@ -21,7 +21,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::auth::{Role, TenantCtx};
-use crate::domain::tenants;
+use crate::cache::rate::{Kind, RateLimiter};
+use crate::domain::{limits, tenants};
 use crate::error::{AppError, AppResult};
 use validate::Incoming;
 pub use writer::{IngestCounts, Writer};
@@ -73,6 +74,7 @@ pub struct NewEvent {
 pub async fn ingest(
     db: &sea_orm::DatabaseConnection,
     writer: &Writer,
+    limiter: &RateLimiter,
     ctx: &TenantCtx,
     mut facts: RequestFacts,
     items: Vec<Incoming>,
@@ -80,6 +82,9 @@ pub async fn ingest(
     if !ctx.role.at_least(Role::Editor) {
         return Err(AppError::Forbidden("requires role EDITOR or higher".into()));
     }
+    // Every event sent counts, valid or not: a refused batch still cost
+    // its parsing.
+    limits::admit(limiter, ctx, Kind::Ingestion, items.len() as u64).await?;
     let settings = tenants::settings(db, ctx).await?;
     if settings.truncate_ip {
         facts.ip = facts.ip.as_deref().map(truncate_ip);

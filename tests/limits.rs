@@ -1,0 +1,283 @@
+//! Rate limits per tenant and per user, by kind of work, from the tenant's
+//! plan and settings: at the limit, past it, across users, tenants and
+//! instances.
+
+use pulse::auth::Role;
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+fn limits(queries: (u64, u64), mutations: (u64, u64), ingestion: (u64, u64)) -> Value {
+    let quota = |(t, u): (u64, u64)| json!({ "per_tenant": t, "per_user": u });
+    json!({ "limits": {
+        "queries": quota(queries),
+        "mutations": quota(mutations),
+        "ingestion": quota(ingestion),
+    }})
+}
+
+const ME: &str = "{ me { role } }";
+
+/// Sends `query` as `token`; the HTTP status, `Retry-After` and body.
+async fn send(app: &TestApp, token: &str, query: &str) -> (u16, Option<u64>, Value) {
+    let resp = app
+        .http
+        .post(app.url("/graphql"))
+        .bearer_auth(token)
+        .json(&json!({ "query": query }))
+        .send()
+        .await
+        .expect("send");
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    (status, retry, resp.json().await.expect("JSON body"))
+}
+
+fn assert_limited((status, retry, body): &(u16, Option<u64>, Value)) {
+    assert_eq!(*status, 429, "{body}");
+    assert_code(body, "RATE_LIMITED");
+    let after = body["errors"][0]["extensions"]["retryAfter"]
+        .as_u64()
+        .expect("retryAfter");
+    assert!((1..=60).contains(&after), "{body}");
+    assert_eq!(*retry, Some(after), "Retry-After agrees with the extension");
+    assert!(body.get("data").is_none(), "nothing ran: {body}");
+}
+
+fn assert_ok((status, _, body): &(u16, Option<u64>, Value)) {
+    assert_eq!(*status, 200, "{body}");
+    assert!(body.get("errors").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn queries_are_limited_per_user_then_per_tenant_and_other_tenants_go_on() {
+    let app = spawn_app().await;
+    let (a, b) = (app.tenant("rate-a").await, app.tenant("rate-b").await);
+    app.set_plan(&a, "team", limits((5, 3), (100, 100), (1000, 1000)))
+        .await;
+    let viewer = app.token(&a, Role::Viewer);
+    for _ in 0..3 {
+        assert_ok(&send(&app, &viewer, ME).await);
+    }
+    assert_limited(&send(&app, &viewer, ME).await);
+    // The refusal took nothing: the tenant still has two for other users.
+    let editor = app.token(&a, Role::Editor);
+    assert_ok(&send(&app, &editor, ME).await);
+    assert_ok(&send(&app, &editor, ME).await);
+    assert_limited(&send(&app, &app.token(&a, Role::Admin), ME).await);
+    // Tenant B, on its own limits, is not held up at all.
+    let other = app.token(&b, Role::Viewer);
+    for _ in 0..10 {
+        assert_ok(&send(&app, &other, ME).await);
+    }
+    // Mutations have their own rate: tenant A may still change things.
+    let created = app
+        .gql_as(
+            &editor,
+            r#"mutation { createSavedQuery(input: {name: "n", query: {measure: COUNT, range: {last: "1d"}}}) { id } }"#,
+            json!({}),
+        )
+        .await;
+    assert!(created.get("errors").is_none(), "{created}");
+    assert!(
+        app.counter("pulse_rate_limited_total{kind=\"Query\"}")
+            .await
+            >= 2.0
+    );
+}
+
+#[tokio::test]
+async fn a_batch_counts_each_operation_and_mutations_have_their_own_rate() {
+    let app = spawn_app().await;
+    let t = app.tenant("rate-batch").await;
+    app.set_plan(&t, "team", limits((4, 4), (2, 2), (1000, 1000)))
+        .await;
+    let token = app.token(&t, Role::Editor);
+    let batch = |n: usize| json!((0..n).map(|_| json!({ "query": ME })).collect::<Vec<_>>());
+    let resp = app
+        .http
+        .post(app.url("/graphql"))
+        .bearer_auth(&token)
+        .json(&batch(5))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        resp.status().as_u16(),
+        429,
+        "five operations past a limit of four"
+    );
+    let resp = app
+        .http
+        .post(app.url("/graphql"))
+        .bearer_auth(&token)
+        .json(&batch(4))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "four fit, the five refused took none"
+    );
+
+    let ingest = r#"mutation { ingestEvents(events: [{type: "x"}]) { accepted } }"#;
+    assert_ok(&send(&app, &token, ingest).await);
+    assert_ok(&send(&app, &token, ingest).await);
+    assert_limited(&send(&app, &token, ingest).await);
+}
+
+/// Posts `n` events to `/v1/events`; the status, `Retry-After` and body.
+async fn post_events(app: &TestApp, token: &str, n: usize) -> (u16, Option<u64>, Value) {
+    let events: Vec<Value> = (0..n).map(|_| json!({ "type": "tick" })).collect();
+    let resp = app
+        .http
+        .post(app.url("/v1/events"))
+        .bearer_auth(token)
+        .json(&events)
+        .send()
+        .await
+        .expect("send");
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    (status, retry, resp.json().await.expect("JSON body"))
+}
+
+#[tokio::test]
+async fn ingestion_counts_events_and_answers_429_with_retry_after() {
+    let app = spawn_app().await;
+    let t = app.tenant("rate-ingest").await;
+    app.set_plan(&t, "team", limits((100, 100), (100, 100), (10, 10)))
+        .await;
+    let token = app.token(&t, Role::Editor);
+    // More than a minute's worth at once can never fit.
+    let (status, retry, body) = post_events(&app, &token, 11).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["code"], "RATE_LIMITED", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("more than the plan allows"))
+    );
+    assert_eq!(retry, Some(60));
+    let (status, _, body) = post_events(&app, &token, 10).await;
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (202, Some(10)),
+        "{body}"
+    );
+    let (status, retry, body) = post_events(&app, &token, 1).await;
+    assert_eq!(status, 429, "the eleventh event of the minute: {body}");
+    assert_eq!(body["code"], "RATE_LIMITED", "{body}");
+    let after = body["retryAfter"].as_u64();
+    assert!(
+        matches!(retry, Some(1..=60)) && after == retry,
+        "{retry:?} {body}"
+    );
+    // Nothing refused was stored.
+    let listed = app
+        .gql_as(
+            &token,
+            "{ events(first: 50) { edges { cursor } } }",
+            json!({}),
+        )
+        .await;
+    let stored = data(&listed)["events"]["edges"].as_array().map(Vec::len);
+    assert_eq!(stored, Some(10), "{listed}");
+    assert!(
+        app.counter("pulse_rate_limited_total{kind=\"Ingestion\"}")
+            .await
+            >= 2.0
+    );
+}
+
+#[tokio::test]
+async fn a_trial_plan_allows_300_queries_a_minute_per_user() {
+    let app = spawn_app().await;
+    let t = app.tenant("rate-trial").await;
+    app.set_plan(&t, "trial", json!({})).await;
+    let token = app.token(&t, Role::Viewer);
+    for i in 0..300 {
+        let (status, _, body) = send(&app, &token, ME).await;
+        assert_eq!(status, 200, "query {i}: {body}");
+    }
+    // Past the burst only the refill (five a second) gets through: a
+    // refusal comes within the next few.
+    let mut past = Vec::new();
+    for _ in 0..30 {
+        past.push(send(&app, &token, ME).await);
+        if past.last().is_some_and(|r| r.0 == 429) {
+            break;
+        }
+    }
+    assert_limited(past.last().expect("sent"));
+    assert!(past.len() < 30, "{} more got through", past.len());
+}
+
+#[tokio::test]
+async fn limits_hold_across_instances_sharing_redis() {
+    if redis_url().is_none() || !is_postgres() {
+        eprintln!("skipped: instances share limits only through Redis and PostgreSQL");
+        return;
+    }
+    let one = spawn_app().await;
+    let two = spawn_app().await;
+    let t = one.tenant("rate-two").await;
+    one.set_plan(&t, "team", limits((4, 4), (100, 100), (1000, 1000)))
+        .await;
+    let token = one.token(&t, Role::Viewer);
+    assert_ok(&send(&one, &token, ME).await);
+    assert_ok(&send(&two, &token, ME).await);
+    assert_ok(&send(&one, &token, ME).await);
+    assert_ok(&send(&two, &token, ME).await);
+    assert_limited(&send(&one, &token, ME).await);
+    assert_limited(&send(&two, &token, ME).await);
+}
+
+#[tokio::test]
+async fn only_a_super_admin_sets_a_plan_and_its_limits_hold_at_once() {
+    let app = spawn_app().await;
+    let (home, t) = (app.tenant("rate-home").await, app.tenant("rate-plan").await);
+    let set = r#"mutation($slug: String!, $limits: JSON) {
+        setTenantPlan(slug: $slug, plan: "team", limits: $limits) { plan settings } }"#;
+    let low = json!({ "queries": { "per_tenant": 2, "per_user": 2 } });
+    let admin = app
+        .gql_as(
+            &app.token(&t, Role::Admin),
+            set,
+            json!({ "slug": t.slug, "limits": low }),
+        )
+        .await;
+    assert_code(&admin, "FORBIDDEN");
+    let root = app.token(&home, Role::SuperAdmin);
+    for bad in [
+        json!({ "queries": { "per_tenant": 0, "per_user": 2 } }),
+        json!({ "queries": { "per_tenant": 2 } }),
+        json!({ "speed": 1 }),
+    ] {
+        let refused = app
+            .gql_as(&root, set, json!({ "slug": t.slug, "limits": bad }))
+            .await;
+        assert_code(&refused, "BAD_USER_INPUT");
+    }
+    let changed = app
+        .gql_as(&root, set, json!({ "slug": t.slug, "limits": low }))
+        .await;
+    assert_eq!(
+        data(&changed)["setTenantPlan"]["settings"]["limits"],
+        low,
+        "{changed}"
+    );
+    let viewer = app.token(&t, Role::Viewer);
+    assert_ok(&send(&app, &viewer, ME).await);
+    assert_ok(&send(&app, &viewer, ME).await);
+    assert_limited(&send(&app, &viewer, ME).await);
+}
