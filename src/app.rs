@@ -14,11 +14,13 @@ use tokio::net::TcpListener;
 
 use crate::auth::jwt::{self, JwtKeys};
 use crate::cache::HotCache;
+use crate::cache::flight::Flights;
 use crate::cache::rate::RateLimiter;
 use crate::config::Config;
 use crate::domain::events::store::Store;
 use crate::domain::events::writer::{Writer, WriterConfig};
 use crate::domain::metrics::gate::TenantGate;
+use crate::domain::metrics::{self, budget::Budgets};
 use crate::realtime::Bus;
 use crate::telemetry::Metrics;
 use crate::{db, graphql, http, jobs};
@@ -40,6 +42,8 @@ pub struct App {
     pub cache: HotCache,
     /// Per-tenant and per-user rate limits (and the per-minute budget).
     pub limiter: RateLimiter,
+    /// What metric queries run with: the cache, its flights, the budgets.
+    pub analytics: metrics::Services,
     pub event_store: Arc<Store>,
     /// The group-commit writer every ingestion path goes through.
     pub writer: Writer,
@@ -131,6 +135,14 @@ impl AppState {
             );
         }
         let keys = JwtKeys::new(&secret, &config.jwt);
+        let analytics = metrics::Services {
+            cache: Some(cache.clone()),
+            flights: Flights::new(metrics.flights.clone()),
+            budgets: Budgets {
+                limiter: limiter.clone(),
+                counters: metrics.budget_counters(),
+            },
+        };
         let analytics_gate = TenantGate::new(
             config.analytics.tenant_concurrency,
             config.analytics.queue_wait,
@@ -145,6 +157,7 @@ impl AppState {
             bus,
             cache,
             limiter,
+            analytics,
             event_store,
             writer,
             demo_token: OnceLock::new(),

@@ -42,6 +42,17 @@ pub enum AppError {
         message: String,
         retry_after: std::time::Duration,
     },
+    /// A query's estimated cost is over the tenant's budget, per query or
+    /// (with a wait) per minute.
+    #[error("{message}")]
+    QueryTooExpensive {
+        message: String,
+        /// Estimated rows the query would touch.
+        estimate: u64,
+        /// The budget it is over.
+        limit: u64,
+        retry_after: Option<std::time::Duration>,
+    },
     /// Someone saved in between: the client's expected version is stale.
     #[error(
         "the dashboard was saved by someone else in the meantime; it is now at version {current}"
@@ -91,6 +102,7 @@ impl AppError {
             AppError::Unavailable(_) => "UNAVAILABLE",
             AppError::RateLimited { .. } => "RATE_LIMITED",
             AppError::QueryTimeout(_) => "QUERY_TIMEOUT",
+            AppError::QueryTooExpensive { .. } => "QUERY_TOO_EXPENSIVE",
             AppError::VersionConflict { .. } => "VERSION_CONFLICT",
             AppError::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
@@ -132,6 +144,17 @@ impl AppError {
                 AppError::VersionConflict { current: *current }
             }
             AppError::QueryTimeout(m) => AppError::QueryTimeout(m.clone()),
+            AppError::QueryTooExpensive {
+                message,
+                estimate,
+                limit,
+                retry_after,
+            } => AppError::QueryTooExpensive {
+                message: message.clone(),
+                estimate: *estimate,
+                limit: *limit,
+                retry_after: *retry_after,
+            },
             AppError::Internal(e) => AppError::Internal(anyhow::anyhow!("{e:#}")),
         }
     }
@@ -188,6 +211,19 @@ impl ErrorExtensions for AppError {
             }
             if let AppError::RateLimited { retry_after, .. } = self {
                 ext.set("retryAfter", retry_after.as_secs_f64().ceil() as u64);
+            }
+            if let AppError::QueryTooExpensive {
+                estimate,
+                limit,
+                retry_after,
+                ..
+            } = self
+            {
+                ext.set("estimate", *estimate);
+                ext.set("limit", *limit);
+                if let Some(wait) = retry_after {
+                    ext.set("retryAfter", wait.as_secs_f64().ceil() as u64);
+                }
             }
             if let (AppError::Internal(_), Some(id)) = (self, &request_id) {
                 ext.set("requestId", id.as_str());

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub db_statements: Counter,
     /// What the hot-metric cache did.
     pub cache: crate::cache::CacheCounters,
+    /// Computations of missing cache entries, shared or not.
+    pub flights: crate::cache::flight::FlightCounters,
     /// What the rate limiter refused.
     pub rates: crate::cache::rate::RateCounters,
     /// Metric queries refused for their estimated cost.
@@ -148,6 +150,17 @@ impl Metrics {
         ] {
             registry.register(name, help, counter.clone());
         }
+        let flights = crate::cache::flight::FlightCounters::default();
+        registry.register(
+            "cache_fills",
+            "Computations of missing metric buckets (one per distinct missing set at a time)",
+            flights.led.clone(),
+        );
+        registry.register(
+            "cache_fills_shared",
+            "Requests that waited for another request's computation of the same buckets",
+            flights.followed.clone(),
+        );
         let rates = crate::cache::rate::RateCounters::default();
         registry.register(
             "rate_limited",
@@ -285,11 +298,21 @@ impl Metrics {
             panics,
             db_statements,
             cache,
+            flights,
             rates,
             budget_rejections,
             query_cost_estimated,
             query_cost_actual,
             operation_names: OperationNames::new(cap),
+        }
+    }
+
+    /// The counters the query budgets report to.
+    pub fn budget_counters(&self) -> crate::domain::metrics::budget::BudgetCounters {
+        crate::domain::metrics::budget::BudgetCounters {
+            rejections: self.budget_rejections.clone(),
+            estimated: self.query_cost_estimated.clone(),
+            actual: self.query_cost_actual.clone(),
         }
     }
 

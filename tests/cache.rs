@@ -296,3 +296,67 @@ async fn redis_away_is_not_an_outage_and_its_return_serves_nothing_stale() {
     }
     assert!(resumed, "the cache serves again once Redis is back");
 }
+
+#[tokio::test]
+async fn concurrent_requests_for_the_same_missing_buckets_compute_them_once() {
+    let app = spawn_app().await;
+    let t = app.tenant("cache-flight").await;
+    let token = app.token(&t, Role::Editor);
+    let events: Vec<Value> = (0..200)
+        .map(|i| event("page_view", 1 + i % 3, (i % 24) as u32))
+        .collect();
+    app.ingest_ok(&token, json!(events)).await;
+    let q = three_days(&["page_view"]);
+    let (fills, shared) = (
+        app.counter("pulse_cache_fills_total").await,
+        app.counter("pulse_cache_fills_shared_total").await,
+    );
+    let answers = futures_util::future::join_all((0..16).map(|_| run(&app, &token, &q))).await;
+    for (total, _, _) in &answers {
+        assert_eq!(*total, 200.0);
+    }
+    // Every request either waited for the one computation or, arriving
+    // after it, read what it filed: one fill, however they overlapped.
+    assert_eq!(app.counter("pulse_cache_fills_total").await - fills, 1.0);
+    let followers = app.counter("pulse_cache_fills_shared_total").await - shared;
+    let cached = answers.iter().filter(|a| a.1).count() as f64;
+    assert_eq!(followers + cached, 15.0, "{answers:?}");
+}
+
+#[tokio::test]
+async fn a_moving_range_serves_its_cut_buckets_from_the_cache_within_a_second() {
+    let app = spawn_app().await;
+    let t = app.tenant("cache-last").await;
+    let token = app.token(&t, Role::Editor);
+    app.ingest_ok(
+        &token,
+        json!([event("page_view", 1, 3), event("page_view", 0, 0)]),
+    )
+    .await;
+    let q = json!({ "measure": "COUNT", "granularity": "DAY", "eventTypes": ["page_view"],
+                    "range": { "last": "3d" } });
+    // Two answers in the same second share every bucket, the two cut
+    // ones included; a later second recomputes only those.
+    let mut same_second = false;
+    for _ in 0..20 {
+        let first = app.gql_as(&token, QUERY, json!({ "q": q })).await;
+        let second = app.gql_as(&token, QUERY, json!({ "q": q })).await;
+        assert_eq!(data(&first)["metrics"]["total"], 2.0, "{first}");
+        assert_eq!(data(&second)["metrics"]["total"], 2.0, "{second}");
+        // Cut buckets are keyed by their exact span: a whole hit means
+        // both requests fell in one second.
+        if data(&second)["metrics"]["cached"] == true {
+            same_second = true;
+            break;
+        }
+    }
+    assert!(
+        same_second,
+        "two requests within one second were both computed"
+    );
+    // An event acknowledged now is in the very next answer.
+    app.ingest_ok(&token, json!([{ "type": "page_view", "userId": "u2" }]))
+        .await;
+    let after = app.gql_as(&token, QUERY, json!({ "q": q })).await;
+    assert_eq!(data(&after)["metrics"]["total"], 3.0, "{after}");
+}

@@ -281,3 +281,127 @@ async fn only_a_super_admin_sets_a_plan_and_its_limits_hold_at_once() {
     assert_ok(&send(&app, &viewer, ME).await);
     assert_limited(&send(&app, &viewer, ME).await);
 }
+
+const METRICS: &str = "query($q: MetricQueryInput!) { metrics(query: $q) { total cached } }";
+
+/// COUNT by DAY over the three whole days before today, optionally with a
+/// filter (which takes it off the hourly aggregates).
+fn three_days(filter: Option<&str>) -> Value {
+    let midnight = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight")
+        .and_utc();
+    let mut q = json!({ "measure": "COUNT", "granularity": "DAY", "eventTypes": ["buy"],
+        "range": { "from": (midnight - chrono::Duration::days(3)).to_rfc3339(),
+                   "to": midnight.to_rfc3339() } });
+    if let Some(plan) = filter {
+        q["filters"] = json!([{ "field": "properties.plan", "op": "EQ", "value": plan }]);
+    }
+    q
+}
+
+fn budget(per_query: u64, per_minute: u64) -> Value {
+    json!({ "limits": { "budget": { "per_query": per_query, "per_minute": per_minute } } })
+}
+
+/// Twenty `buy` events in one hour two days ago.
+async fn twenty_buys(app: &TestApp, token: &str) {
+    let at = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(5, 0, 0)
+        .expect("5am")
+        .and_utc()
+        - chrono::Duration::days(2);
+    let events: Vec<Value> = (0..20)
+        .map(|i| {
+            json!({ "type": "buy", "userId": format!("u{i}"), "timestamp": at.to_rfc3339(),
+                         "properties": { "plan": "pro" } })
+        })
+        .collect();
+    app.ingest_ok(token, json!(events)).await;
+}
+
+#[tokio::test]
+async fn a_query_over_its_budget_is_refused_with_the_estimate_and_the_limit() {
+    let app = spawn_app().await;
+    let t = app.tenant("budget-query").await;
+    let token = app.token(&t, Role::Editor);
+    twenty_buys(&app, &token).await;
+    app.set_plan(&t, "team", budget(10, 1_000_000_000)).await;
+    let estimated = app.counter("pulse_query_cost_estimated_rows_count").await;
+    // From the hourly aggregates: one row, and three cells.
+    let rollup = app
+        .gql_as(&token, METRICS, json!({ "q": three_days(None) }))
+        .await;
+    assert_eq!(data(&rollup)["metrics"]["total"], 20.0, "{rollup}");
+    // Filtered, every event is read: 20 rows and 3 cells, over 10.
+    let raw = app
+        .gql_as(&token, METRICS, json!({ "q": three_days(Some("pro")) }))
+        .await;
+    assert_code(&raw, "QUERY_TOO_EXPENSIVE");
+    let ext = &raw["errors"][0]["extensions"];
+    assert_eq!(
+        (ext["estimate"].as_u64(), ext["limit"].as_u64()),
+        (Some(23), Some(10)),
+        "{raw}"
+    );
+    assert!(
+        ext.get("retryAfter").is_none(),
+        "waiting does not help: {raw}"
+    );
+    // At the limit it runs.
+    app.set_plan(&t, "team", budget(23, 1_000_000_000)).await;
+    let at = app
+        .gql_as(&token, METRICS, json!({ "q": three_days(Some("pro")) }))
+        .await;
+    assert_eq!(data(&at)["metrics"]["total"], 20.0, "{at}");
+    assert!(app.counter("pulse_budget_rejections_total").await >= 1.0);
+    assert!(app.counter("pulse_query_cost_estimated_rows_count").await >= estimated + 3.0);
+    assert!(app.counter("pulse_query_cost_actual_rows_count").await >= 2.0);
+}
+
+#[tokio::test]
+async fn the_minute_budget_is_shared_by_the_tenants_queries_and_cached_answers_are_free() {
+    let app = spawn_app().await;
+    let (t, other) = (
+        app.tenant("budget-minute").await,
+        app.tenant("budget-other").await,
+    );
+    let token = app.token(&t, Role::Editor);
+    twenty_buys(&app, &token).await;
+    // One unit (a thousand estimated rows) a minute: one query's worth.
+    app.set_plan(&t, "team", budget(1_000, 1_000)).await;
+    let first = app
+        .gql_as(&token, METRICS, json!({ "q": three_days(Some("pro")) }))
+        .await;
+    assert_eq!(data(&first)["metrics"]["total"], 20.0, "{first}");
+    let second = app
+        .gql_as(
+            &app.token(&t, Role::Viewer),
+            METRICS,
+            json!({ "q": three_days(Some("free")) }),
+        )
+        .await;
+    assert_code(&second, "QUERY_TOO_EXPENSIVE");
+    let ext = &second["errors"][0]["extensions"];
+    assert_eq!(ext["limit"].as_u64(), Some(1_000), "{second}");
+    assert!(
+        matches!(ext["retryAfter"].as_u64(), Some(1..=60)),
+        "{second}"
+    );
+    // The first answer, now cached, costs nothing to read again.
+    let again = app
+        .gql_as(&token, METRICS, json!({ "q": three_days(Some("pro")) }))
+        .await;
+    assert_eq!(data(&again)["metrics"]["cached"], true, "{again}");
+    // Another tenant's budget is its own.
+    let elsewhere = app
+        .gql_as(
+            &app.token(&other, Role::Viewer),
+            METRICS,
+            json!({ "q": three_days(Some("free")) }),
+        )
+        .await;
+    assert_eq!(data(&elsewhere)["metrics"]["total"], 0.0, "{elsewhere}");
+}

@@ -23,6 +23,7 @@
 //!
 //! Every key carries the tenant: `pulse:{tenant}:…`.
 
+pub mod flight;
 pub mod rate;
 
 use std::collections::HashMap;
@@ -35,7 +36,7 @@ use uuid::Uuid;
 
 /// How long a Redis call may take before the cache is skipped for it.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
-/// How long entries live in Redis; the local tier is bounded by size.
+/// The longest entries live in Redis; the local tier is bounded by size.
 const ENTRY_TTL_SECS: u64 = 24 * 3600;
 /// The local tier's budget, in bytes of entry text.
 const LOCAL_BYTES: u64 = 64 << 20;
@@ -343,17 +344,18 @@ impl HotCache {
         found
     }
 
-    /// Files `entries` (key, text).
-    pub async fn put_many(&self, entries: Vec<(String, String)>) {
+    /// Files `entries` (key, text, seconds to live in Redis; the local
+    /// tier is bounded by size).
+    pub async fn put_many(&self, entries: Vec<(String, String, u64)>) {
         if entries.is_empty() {
             return;
         }
-        let bytes: usize = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let bytes: usize = entries.iter().map(|(k, v, _)| k.len() + v.len()).sum();
         self.counters.bytes_written.inc_by(bytes as u64);
         if let Store::Redis(conn) = &self.store {
             let mut pipe = redis::pipe();
-            for (k, v) in &entries {
-                pipe.set_ex(k, v, ENTRY_TTL_SECS).ignore();
+            for (k, v, ttl) in &entries {
+                pipe.set_ex(k, v, (*ttl).clamp(1, ENTRY_TTL_SECS)).ignore();
             }
             let mut conn = conn.clone();
             match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
@@ -366,7 +368,7 @@ impl HotCache {
                 }
             }
         }
-        for (k, v) in entries {
+        for (k, v, _) in entries {
             self.local.insert(k, v.into());
         }
     }

@@ -4,6 +4,7 @@
 //! [`Policy`]: crate::auth::policy::Policy
 
 use crate::auth::TenantCtx;
+use crate::auth::policy::Quota;
 use crate::cache::rate::{Kind, RateLimiter};
 use crate::error::{AppError, AppResult};
 
@@ -24,6 +25,20 @@ fn noun(kind: Kind) -> &'static str {
     }
 }
 
+/// Takes `cost` units of `quota` for `kind` from the caller's tenant and
+/// user, or says how long until they would fit.
+pub async fn take(
+    limiter: &RateLimiter,
+    ctx: &TenantCtx,
+    kind: Kind,
+    quota: Quota,
+    cost: u64,
+) -> Result<(), std::time::Duration> {
+    limiter
+        .take(ctx.tenant_id, &who(ctx), kind, quota, cost)
+        .await
+}
+
 /// Takes `cost` units of `kind` from the caller's tenant and user, or
 /// refuses with `RATE_LIMITED` and how long to wait.
 pub async fn admit(limiter: &RateLimiter, ctx: &TenantCtx, kind: Kind, cost: u64) -> AppResult<()> {
@@ -31,13 +46,10 @@ pub async fn admit(limiter: &RateLimiter, ctx: &TenantCtx, kind: Kind, cost: u64
         Kind::Query => ctx.policy.queries,
         Kind::Mutation => ctx.policy.mutations,
         Kind::Ingestion => ctx.policy.ingestion,
-        Kind::Budget => crate::auth::policy::Quota {
-            per_tenant: ctx.policy.budget.per_minute,
-            per_user: ctx.policy.budget.per_minute,
-        },
+        // Budgets are taken by `metrics::budget`, in their own units.
+        Kind::Budget => return Ok(()),
     };
-    limiter
-        .take(ctx.tenant_id, &who(ctx), kind, quota, cost)
+    take(limiter, ctx, kind, quota, cost)
         .await
         .map_err(|retry_after| {
             let over = if cost > quota.per_user.min(quota.per_tenant) {

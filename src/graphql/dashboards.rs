@@ -523,7 +523,7 @@ impl Dashboard {
         // One `now` for the whole dashboard, so that a query shared by
         // several widgets (a formula's `delivered` and a `delivered`
         // widget) is one plan and runs once.
-        let memo = PlanMemo::new(chrono::Utc::now());
+        let memo = PlanMemo::new(crate::domain::metrics::now());
         let answers =
             futures_util::future::join_all(runs.into_iter().map(|b| run(ctx, &caller, b, &memo)))
                 .await;

@@ -372,14 +372,13 @@ pub(crate) async fn run_metrics(
     let query = query.into_domain();
     let max_span = app.config.analytics.max_range;
     let result = analytic(ctx, caller, move |app, caller| async move {
-        let cache = Some(&app.cache);
         metrics::run(
             &app.db,
             &caller,
             query,
             app.config.query_timeout,
             max_span,
-            cache,
+            &app.analytics,
             memo.as_ref(),
         )
         .await
@@ -404,14 +403,13 @@ pub(crate) async fn run_formula(
     // would, and a place per query could leave a formula half-admitted
     // (holding some places while it waits for others).
     let result = analytic(ctx, caller, move |app, caller| async move {
-        let cache = Some(&app.cache);
         formula::run(
             &app.db,
             &caller,
             query,
             app.config.query_timeout,
             max_span,
-            cache,
+            &app.analytics,
             memo.as_ref(),
         )
         .await

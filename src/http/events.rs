@@ -29,7 +29,9 @@ pub fn error_response(err: AppError) -> Response {
         AppError::BadInput { .. } | AppError::InvalidBatch { .. } => StatusCode::BAD_REQUEST,
         AppError::NotFound(_) => StatusCode::NOT_FOUND,
         AppError::VersionConflict { .. } => StatusCode::CONFLICT,
-        AppError::QuotaExceeded(_) | AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        AppError::QuotaExceeded(_)
+        | AppError::RateLimited { .. }
+        | AppError::QueryTooExpensive { .. } => StatusCode::TOO_MANY_REQUESTS,
         AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         AppError::QueryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

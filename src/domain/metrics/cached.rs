@@ -1,12 +1,16 @@
 //! Decomposable metric queries answered bucket by bucket through the hot
 //! cache (see [`crate::cache`] for why an entry is never stale).
 //!
-//! A bucket that lies whole inside the range is filed under its stamp and
-//! served from the cache until an event lands in its days; the buckets cut
-//! by the ends of the range (the moving start of `last: 30d`, the open
-//! bucket ending now) are computed each time, over their own short spans,
-//! together with the whole buckets the cache did not hold: one statement
-//! per run of consecutive buckets, in one read session.
+//! Each bucket's span within the range is filed under its stamp and served
+//! from the cache until an event lands in its days. A whole bucket's key
+//! is its start; a bucket cut by an end of the range (the start of `last:
+//! 30d`, the open bucket ending now) is keyed by its exact span, which
+//! repeats for a second at a time because relative ranges end at a whole
+//! second ([`super::now`]). The buckets the cache did not hold are
+//! computed in one read session, one statement per run of consecutive
+//! buckets, once per instance however many requests want them at once
+//! ([`crate::cache::flight`]), after the query budget is checked for just
+//! that work.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -21,8 +25,9 @@ use super::time;
 use super::{Snapshot, within};
 use crate::auth::TenantCtx;
 use crate::cache::{HotCache, Mark, entry_key};
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 use sea_orm::DatabaseConnection;
+use std::sync::Arc;
 
 /// What the cache holds for one bucket.
 #[derive(Serialize, Deserialize)]
@@ -46,6 +51,7 @@ pub struct CacheUse {
 
 struct Slot {
     local: NaiveDateTime,
+    start: DateTime<Utc>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     /// The whole bucket lies in the range: its value may be cached.
@@ -83,6 +89,7 @@ fn slots(plan: &Plan) -> Option<Vec<Slot>> {
             }
             Some(Slot {
                 local: b.local,
+                start: b.start,
                 from,
                 to,
                 whole: from == b.start && to == end,
@@ -109,6 +116,36 @@ fn digest(plan: &Plan) -> String {
     hash.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
+/// How long entries live in Redis: whole buckets are asked for again and
+/// again; cut ones only while their span repeats.
+const WHOLE_TTL_SECS: u64 = 24 * 3600;
+const CUT_TTL_SECS: u64 = 3600;
+
+/// The work one flight did: the cells of the buckets it computed, with
+/// their skipped values and the rows aggregated. `None`: too many cells
+/// for this path.
+pub type Flight = Result<Option<Arc<Computed>>, Arc<AppError>>;
+
+pub struct Computed {
+    cells: Vec<Cell>,
+    skipped: u64,
+}
+
+impl Slot {
+    /// The part of the key after the digest: the span, then the stamp.
+    fn key(&self, stamp: &str) -> String {
+        if self.whole {
+            format!("{}.{stamp}", self.from.timestamp())
+        } else {
+            format!(
+                "{}-{}.{stamp}",
+                self.from.timestamp_micros(),
+                self.to.timestamp_micros()
+            )
+        }
+    }
+}
+
 /// Answers `plan` through `cache`, or `None` when it cannot (the counters
 /// are unreachable, or a run has too many cells): the caller then takes
 /// the uncached path.
@@ -118,6 +155,7 @@ pub async fn aggregate(
     plan: &Plan,
     timeout: std::time::Duration,
     cache: &HotCache,
+    services: &super::Services,
 ) -> AppResult<Option<(raw::Aggregates, CacheUse)>> {
     let Some(slots) = slots(plan) else {
         return Ok(None);
@@ -134,23 +172,14 @@ pub async fn aggregate(
         return Ok(None);
     };
     let digest = digest(plan);
-    let keys: Vec<Option<String>> = slots
+    let keys: Vec<String> = slots
         .iter()
-        .map(|s| {
-            s.whole.then(|| {
-                let stamp = gens.stamp(&s.marks);
-                entry_key(tenant, &digest, &format!("{}.{stamp}", s.from.timestamp()))
-            })
-        })
+        .map(|s| entry_key(tenant, &digest, &s.key(&gens.stamp(&s.marks))))
         .collect();
-    let wanted: Vec<String> = keys.iter().flatten().cloned().collect();
-    let mut found = cache.get_many(&wanted).await.into_iter();
+    let found = cache.get_many(&keys).await;
     let mut hits: HashMap<usize, Entry> = HashMap::new();
-    for (i, key) in keys.iter().enumerate() {
-        if key.is_some()
-            && let Some(text) = found.next().flatten()
-            && let Ok(entry) = serde_json::from_str::<Entry>(&text)
-        {
+    for (i, text) in found.into_iter().enumerate() {
+        if let Some(entry) = text.and_then(|t| serde_json::from_str::<Entry>(&t).ok()) {
             hits.insert(i, entry);
         }
     }
@@ -163,54 +192,140 @@ pub async fn aggregate(
             _ => runs.push((i, i)),
         }
     }
-    let now = Utc::now();
-    let mut computed: Vec<Cell> = Vec::new();
+    let mut all: Vec<Cell> = Vec::new();
     let mut skipped = 0u64;
+    if !runs.is_empty() {
+        // The missing keys name the work exactly (tenant, question, spans,
+        // stamps): requests that want the same computation share it.
+        let flight_key = runs
+            .iter()
+            .flat_map(|&(first, last)| &keys[first..=last])
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
+        let work = compute(
+            db.clone(),
+            ctx.clone(),
+            plan.clone(),
+            timeout,
+            cache.clone(),
+            services.budgets.clone(),
+            slots
+                .iter()
+                .map(|s| (s.local, s.from, s.to, s.whole))
+                .collect(),
+            keys.clone(),
+            runs.clone(),
+        );
+        match services.flights.run(flight_key, work).await {
+            Ok(Some(computed)) => {
+                skipped += computed.skipped;
+                all.extend(computed.cells.iter().cloned());
+            }
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(e.duplicate()),
+        }
+    }
+
+    let oldest = hits
+        .values()
+        .map(|e| e.at)
+        .min()
+        .and_then(DateTime::from_timestamp_millis);
+    for (i, entry) in hits.iter() {
+        skipped += entry.skipped;
+        let local = Some(slots[*i].local);
+        all.extend(entry.cells.iter().map(|(k, p)| (k.clone(), local, *p)));
+    }
+    let recomputed = runs
+        .iter()
+        .flat_map(|&(first, last)| (first..=last).map(|i| slots[i].start))
+        .collect();
+    let used = CacheUse {
+        complete: runs.is_empty(),
+        recomputed,
+        oldest,
+    };
     // Where the answer comes from is a property of the question, as on
     // the uncached path: cached buckets were computed the same way, and the
     // runs left (often just the cut ends) may be too short for rollups.
     let from_rollups = raw::rollup_window(plan).is_some();
-    if !runs.is_empty() {
-        let mut session = Snapshot::begin(db, ctx, timeout).await?;
-        for &(first, last) in &runs {
-            let mut part = plan.clone();
-            part.from = slots[first].from;
-            part.to = slots[last].to;
-            part.buckets = plan.buckets[first..=last].to_vec();
-            let rollup = raw::rollup_window(&part);
-            let fetched =
-                within(timeout, cells::fetch(&mut session, &part, tenant, rollup)).await?;
-            let Some((cells, part_skipped)) = fetched else {
-                session.finish().await?;
-                return Ok(None);
-            };
-            skipped += part_skipped;
-            computed.extend(cells);
-        }
-        session.finish().await?;
-    }
+    Ok(Some((
+        cells::combine(plan, all, skipped, from_rollups),
+        used,
+    )))
+}
 
-    // File the whole buckets just computed (empty ones too).
-    let index: HashMap<NaiveDateTime, usize> = slots
+/// Computes the buckets of `runs` (their budget first), files them under
+/// `keys`, and returns their cells. Owns its inputs: it may outlive the
+/// request that started it (see [`crate::cache::flight`]).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one flight's whole input, moved in"
+)]
+async fn compute(
+    db: DatabaseConnection,
+    ctx: TenantCtx,
+    plan: Plan,
+    timeout: std::time::Duration,
+    cache: HotCache,
+    budgets: super::budget::Budgets,
+    spans: Vec<(NaiveDateTime, DateTime<Utc>, DateTime<Utc>, bool)>,
+    keys: Vec<String>,
+    runs: Vec<(usize, usize)>,
+) -> Flight {
+    let parts: Vec<Plan> = runs
         .iter()
-        .enumerate()
-        .map(|(i, s)| (s.local, i))
+        .map(|&(first, last)| {
+            let mut part = plan.clone();
+            part.from = spans[first].1;
+            part.to = spans[last].2;
+            part.buckets = plan.buckets[first..=last].to_vec();
+            part
+        })
         .collect();
-    let mut fresh: HashMap<usize, Entry> = HashMap::new();
-    for &(first, last) in &runs {
-        for (i, key) in keys.iter().enumerate().take(last + 1).skip(first) {
-            if key.is_some() {
-                fresh.insert(
-                    i,
-                    Entry {
-                        at: now.timestamp_millis(),
-                        skipped: 0,
-                        cells: Vec::new(),
-                    },
-                );
-            }
-        }
+    let mut session = Snapshot::begin(&db, &ctx, timeout)
+        .await
+        .map_err(AppError::from)?;
+    budgets
+        .check(&mut session, &ctx, &plan, &parts, timeout)
+        .await?;
+    let mut computed: Vec<Cell> = Vec::new();
+    let (mut skipped, mut rows) = (0u64, 0u64);
+    for part in &parts {
+        let rollup = raw::rollup_window(part);
+        let fetched = within(
+            timeout,
+            cells::fetch(&mut session, part, ctx.tenant_id, rollup),
+        )
+        .await?;
+        let Some((cells, part_skipped, part_rows)) = fetched else {
+            session.finish().await.map_err(AppError::from)?;
+            return Ok(None);
+        };
+        skipped += part_skipped;
+        rows += part_rows;
+        computed.extend(cells);
     }
+    session.finish().await.map_err(AppError::from)?;
+    budgets.record_actual(rows);
+
+    // File every bucket just computed (empty ones too).
+    let now = Utc::now().timestamp_millis();
+    let index: HashMap<NaiveDateTime, usize> =
+        spans.iter().enumerate().map(|(i, s)| (s.0, i)).collect();
+    let mut fresh: HashMap<usize, Entry> = runs
+        .iter()
+        .flat_map(|&(first, last)| first..=last)
+        .map(|i| {
+            let entry = Entry {
+                at: now,
+                skipped: 0,
+                cells: Vec::new(),
+            };
+            (i, entry)
+        })
+        .collect();
     for (key, bucket, partial) in &computed {
         if let Some(entry) = bucket
             .and_then(|b| index.get(&b))
@@ -219,37 +334,22 @@ pub async fn aggregate(
             entry.cells.push((key.clone(), *partial));
         }
     }
-    let entries: Vec<(String, String)> = fresh
+    let entries: Vec<(String, String, u64)> = fresh
         .iter()
         .filter_map(|(i, entry)| {
-            let key = keys[*i].clone()?;
-            serde_json::to_string(entry).ok().map(|text| (key, text))
+            let ttl = if spans[*i].3 {
+                WHOLE_TTL_SECS
+            } else {
+                CUT_TTL_SECS
+            };
+            serde_json::to_string(entry)
+                .ok()
+                .map(|text| (keys[*i].clone(), text, ttl))
         })
         .collect();
     cache.put_many(entries).await;
-
-    let oldest = hits
-        .values()
-        .map(|e| e.at)
-        .min()
-        .and_then(DateTime::from_timestamp_millis);
-    let mut all = computed;
-    for (i, entry) in hits.iter() {
-        skipped += entry.skipped;
-        let local = Some(slots[*i].local);
-        all.extend(entry.cells.iter().map(|(k, p)| (k.clone(), local, *p)));
-    }
-    let recomputed = runs
-        .iter()
-        .flat_map(|&(first, last)| (first..=last).map(|i| plan.buckets[i].start))
-        .collect();
-    let used = CacheUse {
-        complete: runs.is_empty(),
-        recomputed,
-        oldest,
-    };
-    Ok(Some((
-        cells::combine(plan, all, skipped, from_rollups),
-        used,
-    )))
+    Ok(Some(Arc::new(Computed {
+        cells: computed,
+        skipped,
+    })))
 }

@@ -96,9 +96,11 @@ pub fn statement(
             "CAST(NULL AS DOUBLE PRECISION)".to_owned()
         }
     };
+    // The last column counts the rows aggregated: the work done, which
+    // the query budget's estimate is checked against.
     let text = format!(
-        "SELECT bucket{g}, CAST({count} AS DOUBLE PRECISION), {sum}, {min}, {max}, sum(skip) \
-         FROM ({inner}) e GROUP BY bucket{g} LIMIT {limit}",
+        "SELECT bucket{g}, CAST({count} AS DOUBLE PRECISION), {sum}, {min}, {max}, sum(skip), \
+         count(*) FROM ({inner}) e GROUP BY bucket{g} LIMIT {limit}",
         sum = numeric("sum"),
         min = numeric("min"),
         max = numeric("max"),
@@ -111,13 +113,14 @@ pub fn statement(
 pub type Cell = (GroupKey, Option<NaiveDateTime>, Partial);
 
 /// The cells of a decomposable `plan` from one statement, with the count of
-/// skipped values, or `None` when it has more than [`MAX_CELLS`] cells.
+/// skipped values and of rows aggregated, or `None` when it has more than
+/// [`MAX_CELLS`] cells.
 pub async fn fetch(
     s: &mut Snapshot,
     plan: &Plan,
     tenant: uuid::Uuid,
     rollup: Option<raw::Window>,
-) -> Result<Option<(Vec<Cell>, u64)>, sea_orm::DbErr> {
+) -> Result<Option<(Vec<Cell>, u64, u64)>, sea_orm::DbErr> {
     let backend = s.backend();
     let n = plan.group_by.len();
     let rows = s
@@ -126,7 +129,7 @@ pub async fn fetch(
     if rows.len() > MAX_CELLS {
         return Ok(None);
     }
-    let mut skipped = 0u64;
+    let (mut skipped, mut aggregated) = (0u64, 0u64);
     let mut cells = Vec::with_capacity(rows.len());
     for row in &rows {
         let partial = Partial {
@@ -136,9 +139,10 @@ pub async fn fetch(
             max: raw::float(row, n + 4)?,
         };
         skipped += raw::skipped(row, n + 5)?;
+        aggregated += raw::skipped(row, n + 6)?;
         cells.push((raw::key(row, 1, n)?, raw::bucket_of(backend, row)?, partial));
     }
-    Ok(Some((cells, skipped)))
+    Ok(Some((cells, skipped, aggregated)))
 }
 
 /// Answers a decomposable `plan` from one statement, or `None` when it has
@@ -151,7 +155,11 @@ pub async fn aggregate(
 ) -> Result<Option<Aggregates>, sea_orm::DbErr> {
     Ok(fetch(s, plan, tenant, rollup)
         .await?
-        .map(|(cells, skipped)| combine(plan, cells, skipped, rollup.is_some())))
+        .map(|(cells, skipped, rows)| {
+            let mut out = combine(plan, cells, skipped, rollup.is_some());
+            out.rows = Some(rows);
+            out
+        }))
 }
 
 /// The totals, the group ranking and `__other__` of `plan` from its cells.

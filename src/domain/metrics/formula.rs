@@ -512,15 +512,15 @@ pub async fn run(
     q: FormulaQuery,
     timeout: Duration,
     max_span: chrono::Duration,
-    cache: Option<&crate::cache::HotCache>,
+    services: &super::Services,
     memo: Option<&super::PlanMemo>,
 ) -> AppResult<MetricResult> {
-    let prepared = prepare(q, memo.map_or_else(Utc::now, |m| m.now), max_span)?;
+    let prepared = prepare(q, memo.map_or_else(super::now, |m| m.now), max_span)?;
     let now = prepared.now;
     let results = futures_util::future::try_join_all(prepared.plans.iter().map(|p| async move {
         match memo {
-            Some(memo) => memo.run(db, ctx, p, timeout, cache).await,
-            None => super::run_plan(db, ctx, p, now, timeout, cache).await,
+            Some(memo) => memo.run(db, ctx, p, timeout, services).await,
+            None => super::run_plan(db, ctx, p, now, timeout, services).await,
         }
     }))
     .await?;

@@ -2,6 +2,7 @@
 //! [`Plan`](plan::Plan), answered from raw events, and assembled into
 //! series with every bucket present.
 
+pub mod budget;
 pub mod cached;
 mod cells;
 pub mod formula;
@@ -25,7 +26,30 @@ pub use time::Granularity;
 
 use crate::auth::TenantCtx;
 use crate::cache::HotCache;
+use crate::cache::flight::Flights;
 use crate::error::{AppError, AppResult};
+
+/// What metric queries run with besides the database: the hot cache (when
+/// on), the single flights that fill it, and the query budgets.
+#[derive(Clone)]
+pub struct Services {
+    pub cache: Option<HotCache>,
+    pub flights: Flights<cached::Flight>,
+    pub budgets: budget::Budgets,
+}
+
+/// The instant relative ranges (`last: 30d`) end at: now, rounded up to
+/// the whole second. Requests within one second then ask for the same
+/// spans, so the buckets cut by the range's ends are cached and computed
+/// once for all of them; rounding up (not down) keeps every event already
+/// acknowledged inside the range.
+pub fn now() -> DateTime<Utc> {
+    let t = Utc::now();
+    if t.timestamp_subsec_nanos() == 0 {
+        return t;
+    }
+    DateTime::from_timestamp(t.timestamp() + 1, 0).unwrap_or(t)
+}
 
 /// The name of the series that sums the groups past `limit`.
 pub const OTHER: &str = "__other__";
@@ -97,7 +121,7 @@ impl PlanMemo {
         ctx: &TenantCtx,
         plan: &plan::Plan,
         timeout: Duration,
-        cache: Option<&HotCache>,
+        services: &Services,
     ) -> AppResult<MetricResult> {
         use futures_util::FutureExt as _;
         let key = format!("{}|{plan:?}", ctx.tenant_id);
@@ -109,9 +133,9 @@ impl PlanMemo {
             runs.entry(key)
                 .or_insert_with(|| {
                     let (db, ctx, plan) = (db.clone(), ctx.clone(), plan.clone());
-                    let (cache, now) = (cache.cloned(), self.now);
+                    let (services, now) = (services.clone(), self.now);
                     async move {
-                        run_plan(&db, &ctx, &plan, now, timeout, cache.as_ref())
+                        run_plan(&db, &ctx, &plan, now, timeout, &services)
                             .await
                             .map_err(std::sync::Arc::new)
                     }
@@ -133,14 +157,14 @@ pub async fn run(
     query: MetricQuery,
     timeout: Duration,
     max_span: chrono::Duration,
-    cache: Option<&HotCache>,
+    services: &Services,
     memo: Option<&PlanMemo>,
 ) -> AppResult<MetricResult> {
-    let now = memo.map_or_else(Utc::now, |m| m.now);
+    let now = memo.map_or_else(now, |m| m.now);
     let plan = plan::plan(query, now, max_span)?;
     match memo {
-        Some(memo) => memo.run(db, ctx, &plan, timeout, cache).await,
-        None => run_plan(db, ctx, &plan, now, timeout, cache).await,
+        Some(memo) => memo.run(db, ctx, &plan, timeout, services).await,
+        None => run_plan(db, ctx, &plan, now, timeout, services).await,
     }
 }
 
@@ -153,11 +177,12 @@ pub(crate) async fn run_plan(
     plan: &plan::Plan,
     now: DateTime<Utc>,
     timeout: Duration,
-    cache: Option<&HotCache>,
+    services: &Services,
 ) -> AppResult<MetricResult> {
     let started = Instant::now();
-    if let Some(cache) = cache.filter(|_| cached::eligible(plan))
-        && let Some((aggregates, used)) = cached::aggregate(db, ctx, plan, timeout, cache).await?
+    if let Some(cache) = services.cache.as_ref().filter(|_| cached::eligible(plan))
+        && let Some((aggregates, used)) =
+            cached::aggregate(db, ctx, plan, timeout, cache, services).await?
     {
         let source = if aggregates.from_rollups {
             Source::Rollup
@@ -169,8 +194,16 @@ pub(crate) async fn run_plan(
         return Ok(result);
     }
     let mut session = Snapshot::begin(db, ctx, timeout).await?;
+    let whole = [plan.clone()];
+    services
+        .budgets
+        .check(&mut session, ctx, plan, &whole, timeout)
+        .await?;
     let aggregates = within(timeout, raw::aggregate(&mut session, plan, ctx.tenant_id)).await?;
     session.finish().await?;
+    if let Some(rows) = aggregates.rows {
+        services.budgets.record_actual(rows);
+    }
     let db_time = started.elapsed();
     let source = if aggregates.from_rollups {
         Source::Rollup

@@ -51,6 +51,9 @@ pub struct Aggregates {
     /// Answered from the hourly aggregates (and raw events only for the
     /// partial hours at the ends of the range).
     pub from_rollups: bool,
+    /// Rows aggregated, where the statement counted them (decomposable
+    /// measures).
+    pub rows: Option<u64>,
 }
 
 pub(super) struct Sql {
