@@ -35,6 +35,8 @@ pub struct App {
     /// `None` without `PULSE_REDIS_URL`.
     pub redis: Option<redis::aio::ConnectionManager>,
     pub keys: JwtKeys,
+    /// Tokens verified in the last second.
+    pub tokens: crate::domain::auth::VerifiedTokens,
     pub metrics: Arc<Metrics>,
     /// In-process, or Redis pub/sub when Redis is configured.
     pub bus: Bus,
@@ -153,6 +155,7 @@ impl AppState {
             db,
             redis,
             keys,
+            tokens: Default::default(),
             metrics,
             bus,
             cache,

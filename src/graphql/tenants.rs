@@ -140,6 +140,8 @@ impl TenantMutation {
             status.into(),
         )
         .await?;
+        // Tokens resolved before the change must not outlive it here.
+        state(ctx)?.tokens.forget_all();
         Ok(Tenant(updated))
     }
 
@@ -165,6 +167,8 @@ impl TenantMutation {
             limits.map(|j| j.0),
         )
         .await?;
+        // Tokens resolved before the change must not outlive it here.
+        state(ctx)?.tokens.forget_all();
         Ok(Tenant(updated))
     }
 
@@ -185,6 +189,8 @@ impl TenantMutation {
             },
         )
         .await?;
+        // Tokens resolved before the change must not outlive it here.
+        state(ctx)?.tokens.forget_all();
         Ok(Tenant(updated))
     }
 }

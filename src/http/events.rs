@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::HttpState;
-use crate::domain::auth::authenticate;
 use crate::domain::events::validate::Incoming;
 use crate::domain::events::{self, RequestFacts, Source};
 use crate::error::AppError;
@@ -253,7 +252,7 @@ pub async fn post_events(
             "missing bearer token (Authorization: Bearer <jwt>)".into(),
         ));
     };
-    let ctx = match authenticate(&app.db, &app.keys, token).await {
+    let ctx = match app.tokens.authenticate(&app.db, &app.keys, token).await {
         Ok(ctx) => ctx,
         Err(e) => return error_response(e),
     };

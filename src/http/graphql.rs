@@ -26,7 +26,7 @@ use super::{HttpState, RequestId};
 use crate::auth::RequestMeta;
 use crate::cache::rate::Kind;
 use crate::config::Limits;
-use crate::domain::{self, auth::authenticate};
+use crate::domain;
 use crate::error::AppError;
 use crate::graphql::{self, Caller, Executed};
 use crate::telemetry::{CodeLabels, OperationLabels};
@@ -62,7 +62,11 @@ async fn caller(state: &HttpState, headers: &HeaderMap) -> Caller {
             "malformed Authorization header (expected `Bearer <jwt>`)".into(),
         )));
     };
-    let result = authenticate(&state.app.db, &state.app.keys, token).await;
+    let result = state
+        .app
+        .tokens
+        .authenticate(&state.app.db, &state.app.keys, token)
+        .await;
     if let Ok(ctx) = &result {
         tracing::Span::current().record("tenant", ctx.tenant_slug.as_str());
     }
@@ -500,7 +504,13 @@ async fn serve_socket(
                 .map(str::trim)
                 .filter(|t| !t.is_empty());
             let result = match token {
-                Some(token) => authenticate(&state.app.db, &state.app.keys, token).await,
+                Some(token) => {
+                    state
+                        .app
+                        .tokens
+                        .authenticate(&state.app.db, &state.app.keys, token)
+                        .await
+                }
                 None => Err(AppError::Unauthenticated(
                     "connection_init payload needs {\"authorization\": \"Bearer <jwt>\"}".into(),
                 )),

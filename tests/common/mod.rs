@@ -361,6 +361,7 @@ impl TestApp {
         row.plan = Set(plan.to_owned());
         row.settings = Set(settings);
         row.update(&self.state.db).await.expect("update tenant");
+        self.state.tokens.forget_all();
     }
 
     /// A token for the tenant's user of `role`, valid for an hour.
