@@ -124,7 +124,7 @@ impl TenantMutation {
     }
 
     /// Suspending or cancelling a tenant refuses its every call from the
-    /// next request on.
+    /// next request on (on other instances, within a second).
     #[graphql(guard = "RoleGuard::new(Role::SuperAdmin)")]
     async fn set_tenant_status(
         &self,
