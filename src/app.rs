@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::jwt::{self, JwtKeys};
 use crate::cache::HotCache;
+use crate::cache::persisted::PersistedQueries;
 use crate::cache::rate::RateLimiter;
 use crate::config::Config;
 use crate::domain::events::store::Store;
@@ -40,6 +41,9 @@ pub struct App {
     pub cache: HotCache,
     /// Per-tenant and per-user rate limits (and the per-minute budget).
     pub limiter: RateLimiter,
+    /// Automatic persisted queries by tenant and hash: in-process, or
+    /// Redis with a local tier.
+    pub persisted: PersistedQueries,
     pub event_store: Arc<Store>,
     /// The group-commit writer every ingestion path goes through.
     pub writer: Writer,
@@ -86,14 +90,15 @@ impl AppState {
         .await
         .with_context(|| format!("cannot open database {}", redact(&config.database.url)))?;
         db::migrate(&db).await.context("cannot apply migrations")?;
-        let (redis, bus, cache, limiter) = match &config.redis_url {
+        let (redis, bus, cache, limiter, persisted) = match &config.redis_url {
             Some(url) => {
                 let (client, conn) = connect_redis(url).await?;
                 (
                     Some(conn.clone()),
                     Bus::redis(client, conn.clone()),
                     HotCache::redis(conn.clone(), metrics.cache.clone()),
-                    RateLimiter::redis(conn, metrics.rates.clone()),
+                    RateLimiter::redis(conn.clone(), metrics.rates.clone()),
+                    PersistedQueries::redis(conn, metrics.persisted.clone()),
                 )
             }
             None => (
@@ -101,6 +106,7 @@ impl AppState {
                 Bus::memory(),
                 HotCache::memory(metrics.cache.clone()),
                 RateLimiter::memory(metrics.rates.clone()),
+                PersistedQueries::memory(metrics.persisted.clone()),
             ),
         };
         let event_store = Arc::new(Store::new(db.clone()));
@@ -145,6 +151,7 @@ impl AppState {
             bus,
             cache,
             limiter,
+            persisted,
             event_store,
             writer,
             demo_token: OnceLock::new(),

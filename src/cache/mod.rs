@@ -23,6 +23,7 @@
 //!
 //! Every key carries the tenant: `pulse:{tenant}:…`.
 
+pub mod persisted;
 pub mod rate;
 
 use std::collections::HashMap;
