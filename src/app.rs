@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::domain::events::store::Store;
 use crate::domain::events::writer::{Writer, WriterConfig};
 use crate::domain::metrics::gate::TenantGate;
+use crate::domain::persisted::OperationSets;
 use crate::realtime::Bus;
 use crate::telemetry::Metrics;
 use crate::{db, graphql, http, jobs};
@@ -44,6 +45,8 @@ pub struct App {
     /// Automatic persisted queries by tenant and hash: in-process, or
     /// Redis with a local tier.
     pub persisted: PersistedQueries,
+    /// Each tenant's registered operations (the allow-list), cached here.
+    pub operations: OperationSets,
     pub event_store: Arc<Store>,
     /// The group-commit writer every ingestion path goes through.
     pub writer: Writer,
@@ -152,6 +155,7 @@ impl AppState {
             cache,
             limiter,
             persisted,
+            operations: OperationSets::default(),
             event_store,
             writer,
             demo_token: OnceLock::new(),
