@@ -15,12 +15,14 @@ use tokio::net::TcpListener;
 use crate::auth::jwt::{self, JwtKeys};
 use crate::cache::HotCache;
 use crate::cache::flight::Flights;
+use crate::cache::persisted::PersistedQueries;
 use crate::cache::rate::RateLimiter;
 use crate::config::Config;
 use crate::domain::events::store::Store;
 use crate::domain::events::writer::{Writer, WriterConfig};
 use crate::domain::metrics::gate::TenantGate;
 use crate::domain::metrics::{self, budget::Budgets};
+use crate::domain::persisted::OperationSets;
 use crate::realtime::Bus;
 use crate::telemetry::Metrics;
 use crate::{db, graphql, http, jobs};
@@ -46,6 +48,11 @@ pub struct App {
     pub limiter: RateLimiter,
     /// What metric queries run with: the cache, its flights, the budgets.
     pub analytics: metrics::Services,
+    /// Automatic persisted queries by tenant and hash: in-process, or
+    /// Redis with a local tier.
+    pub persisted: PersistedQueries,
+    /// Each tenant's registered operations (the allow-list), cached here.
+    pub operations: OperationSets,
     pub event_store: Arc<Store>,
     /// The group-commit writer every ingestion path goes through.
     pub writer: Writer,
@@ -92,14 +99,15 @@ impl AppState {
         .await
         .with_context(|| format!("cannot open database {}", redact(&config.database.url)))?;
         db::migrate(&db).await.context("cannot apply migrations")?;
-        let (redis, bus, cache, limiter) = match &config.redis_url {
+        let (redis, bus, cache, limiter, persisted) = match &config.redis_url {
             Some(url) => {
                 let (client, conn) = connect_redis(url).await?;
                 (
                     Some(conn.clone()),
                     Bus::redis(client, conn.clone()),
                     HotCache::redis(conn.clone(), metrics.cache.clone()),
-                    RateLimiter::redis(conn, metrics.rates.clone()),
+                    RateLimiter::redis(conn.clone(), metrics.rates.clone()),
+                    PersistedQueries::redis(conn, metrics.persisted.clone()),
                 )
             }
             None => (
@@ -107,6 +115,7 @@ impl AppState {
                 Bus::memory(),
                 HotCache::memory(metrics.cache.clone()),
                 RateLimiter::memory(metrics.rates.clone()),
+                PersistedQueries::memory(metrics.persisted.clone()),
             ),
         };
         let event_store = Arc::new(Store::new(db.clone()));
@@ -161,6 +170,8 @@ impl AppState {
             cache,
             limiter,
             analytics,
+            persisted,
+            operations: OperationSets::default(),
             event_store,
             writer,
             demo_token: OnceLock::new(),

@@ -61,6 +61,17 @@ pub enum AppError {
     /// A query ran past its statement timeout and was cancelled.
     #[error("{0}")]
     QueryTimeout(String),
+    /// A persisted-query hash this tenant's store does not hold. The
+    /// message is the one Apollo clients look for before resending the
+    /// full document.
+    #[error("PersistedQueryNotFound")]
+    PersistedQueryNotFound,
+    /// A persisted query whose document does not have the hash it claims.
+    #[error("provided sha does not match query")]
+    PersistedQueryHashMismatch,
+    /// In allow-list mode, a document that is not registered.
+    #[error("{0}")]
+    NotInAllowList(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -104,6 +115,9 @@ impl AppError {
             AppError::QueryTimeout(_) => "QUERY_TIMEOUT",
             AppError::QueryTooExpensive { .. } => "QUERY_TOO_EXPENSIVE",
             AppError::VersionConflict { .. } => "VERSION_CONFLICT",
+            AppError::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
+            AppError::PersistedQueryHashMismatch => "PERSISTED_QUERY_HASH_MISMATCH",
+            AppError::NotInAllowList(_) => "PERSISTED_QUERY_NOT_IN_LIST",
             AppError::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -155,6 +169,9 @@ impl AppError {
                 limit: *limit,
                 retry_after: *retry_after,
             },
+            AppError::PersistedQueryNotFound => AppError::PersistedQueryNotFound,
+            AppError::PersistedQueryHashMismatch => AppError::PersistedQueryHashMismatch,
+            AppError::NotInAllowList(m) => AppError::NotInAllowList(m.clone()),
             AppError::Internal(e) => AppError::Internal(anyhow::anyhow!("{e:#}")),
         }
     }

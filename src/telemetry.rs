@@ -92,6 +92,8 @@ pub struct Metrics {
     pub ingest_commit_seconds: Histogram,
     pub metric_queries: Family<SourceLabels, Counter>,
     pub metric_query_seconds: Family<SourceLabels, Histogram, fn() -> Histogram>,
+    /// What persisted queries (APQ and the operation allow-list) did.
+    pub persisted: crate::cache::persisted::PersistedCounters,
 }
 
 /// Distinct operation names labelled by default (`PULSE_METRICS_MAX_OPERATIONS`).
@@ -279,7 +281,19 @@ impl Metrics {
             "Database time of metric queries, by source",
             metric_query_seconds.clone(),
         );
+        let persisted = crate::cache::persisted::PersistedCounters::default();
+        registry.register(
+            "persisted_queries",
+            "Persisted-query outcomes: hit, miss, registered (stored by APQ), mismatch, not_in_list",
+            persisted.outcomes.clone(),
+        );
+        registry.register(
+            "persisted_query_errors",
+            "Redis calls of the persisted-query store that failed or timed out (read as not found)",
+            persisted.errors.clone(),
+        );
         Metrics {
+            persisted,
             registry,
             metric_queries,
             metric_query_seconds,

@@ -19,6 +19,7 @@ mod isolation;
 mod journeys;
 mod limits;
 mod metrics;
+mod persisted;
 mod plans;
 mod rls;
 mod saved_queries;

@@ -13,6 +13,7 @@ mod m20261122_000006_create_analytics_aggregates;
 mod m20261123_000007_create_saved_queries;
 mod m20261123_000008_create_dashboards;
 mod m20261123_000009_create_share_links;
+mod m20261124_000010_create_persisted_operations;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000007_create_saved_queries::Migration),
             Box::new(m20261123_000008_create_dashboards::Migration),
             Box::new(m20261123_000009_create_share_links::Migration),
+            Box::new(m20261124_000010_create_persisted_operations::Migration),
         ]
     }
 }

@@ -24,6 +24,7 @@
 //! Every key carries the tenant: `pulse:{tenant}:…`.
 
 pub mod flight;
+pub mod persisted;
 pub mod rate;
 
 use std::collections::HashMap;

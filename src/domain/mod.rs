@@ -10,6 +10,7 @@ pub mod events;
 pub mod limits;
 pub mod metrics;
 pub mod page;
+pub mod persisted;
 pub mod saved_queries;
 pub mod tenants;
 pub mod users;

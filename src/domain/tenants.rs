@@ -368,6 +368,8 @@ impl TenantSettings {
 pub struct SettingsChange {
     pub retention_days: Option<i32>,
     pub truncate_ip: Option<bool>,
+    /// Stored as `allow_list`, read into the tenant's policy.
+    pub allow_list: Option<bool>,
 }
 
 /// The caller's tenant's settings.
@@ -413,6 +415,9 @@ pub async fn update_settings(
             }
             if let Some(truncate) = change.truncate_ip {
                 settings.insert("truncate_ip".into(), json!(truncate));
+            }
+            if let Some(allow_list) = change.allow_list {
+                settings.insert("allow_list".into(), json!(allow_list));
             }
             let mut active = current.into_active_model();
             active.settings = Set(serde_json::Value::Object(settings));

@@ -5,6 +5,7 @@ pub mod audit_log;
 pub mod dashboard;
 pub mod dashboard_permission;
 pub mod dashboard_version;
+pub mod persisted_operation;
 pub mod saved_query;
 pub mod share_link;
 pub mod tenant;

@@ -15,6 +15,7 @@ mod extension;
 mod guard;
 mod loaders;
 mod metrics;
+pub mod persisted;
 mod provenance;
 mod saved_queries;
 mod session;
@@ -41,6 +42,7 @@ pub struct Query(
     saved_queries::SavedQueryQuery,
     dashboards::DashboardQuery,
     dashboards::SharedDashboardQuery,
+    persisted::PersistedOperationQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -51,6 +53,7 @@ pub struct Mutation(
     events::EventMutation,
     saved_queries::SavedQueryMutation,
     dashboards::DashboardMutation,
+    persisted::PersistedOperationMutation,
 );
 
 pub type PulseSchema = Schema<Query, Mutation, EmptySubscription>;
@@ -94,7 +97,10 @@ pub fn build(state: Option<AppState>, limits: &Limits) -> PulseSchema {
             max_nesting,
             max_tokens: limits.max_tokens,
         })
-        .extension(provenance::QueryProvenance);
+        .extension(provenance::QueryProvenance)
+        // Refuses unresolved persisted queries and, in allow-list mode,
+        // unregistered documents, before anything is parsed.
+        .extension(persisted::PersistedGate);
     if let Some(state) = state {
         builder = builder
             .data(loaders::UserLoader::new(state.db.clone()))

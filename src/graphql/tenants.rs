@@ -95,6 +95,10 @@ pub struct TenantSettingsInput {
     pub retention_days: Option<i32>,
     /// Store client IPs truncated (IPv4 /24, IPv6 /48).
     pub truncate_ip: Option<bool>,
+    /// Allow-list mode: members below ADMIN may run only operations
+    /// registered with `registerOperation` (ADMINs are exempt). Holds from
+    /// the next request on.
+    pub allow_list: Option<bool>,
 }
 
 #[derive(Default)]
@@ -186,6 +190,7 @@ impl TenantMutation {
             SettingsChange {
                 retention_days: input.retention_days,
                 truncate_ip: input.truncate_ip,
+                allow_list: input.allow_list,
             },
         )
         .await?;

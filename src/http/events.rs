@@ -25,8 +25,11 @@ pub fn error_response(err: AppError) -> Response {
     let status = match &err {
         AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
         AppError::Forbidden(_) | AppError::TenantSuspended => StatusCode::FORBIDDEN,
-        AppError::BadInput { .. } | AppError::InvalidBatch { .. } => StatusCode::BAD_REQUEST,
-        AppError::NotFound(_) => StatusCode::NOT_FOUND,
+        AppError::BadInput { .. }
+        | AppError::InvalidBatch { .. }
+        | AppError::PersistedQueryHashMismatch => StatusCode::BAD_REQUEST,
+        AppError::NotFound(_) | AppError::PersistedQueryNotFound => StatusCode::NOT_FOUND,
+        AppError::NotInAllowList(_) => StatusCode::FORBIDDEN,
         AppError::VersionConflict { .. } => StatusCode::CONFLICT,
         AppError::QuotaExceeded(_)
         | AppError::RateLimited { .. }

@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 
+use super::persisted;
 use super::{HttpState, RequestId};
 use crate::auth::RequestMeta;
 use crate::cache::rate::Kind;
@@ -171,7 +172,17 @@ fn into_http((response, executed): (BatchResponse, bool), headers: &HeaderMap) -
         BatchResponse::Single(r) => !executed && !r.errors.is_empty(),
         BatchResponse::Batch(_) => false,
     };
-    let status = if graphql_media && request_error {
+    // An unknown persisted-query hash is the protocol's normal first step,
+    // answered 200 as Apollo Server does: Apollo clients take a 400 for a
+    // broken server and stop sending hashes.
+    let apq_miss = match &response {
+        BatchResponse::Single(r) => r.errors.iter().all(|e| {
+            e.extensions.as_ref().and_then(|x| x.get("code"))
+                == Some(&async_graphql::Value::from("PERSISTED_QUERY_NOT_FOUND"))
+        }),
+        BatchResponse::Batch(_) => false,
+    };
+    let status = if graphql_media && request_error && !apq_miss {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::OK
@@ -268,7 +279,11 @@ pub async fn post_graphql(
             &format!("a batch holds 1 to {MAX_BATCH} operations"),
         );
     }
-    if batch.iter().any(|r| r.query.trim().is_empty()) {
+    // A request that names a persisted query may leave `query` out.
+    if batch
+        .iter()
+        .any(|r| r.query.trim().is_empty() && !persisted::names_a_document(r))
+    {
         return transport_error(
             StatusCode::BAD_REQUEST,
             "BAD_USER_INPUT",
@@ -278,6 +293,7 @@ pub async fn post_graphql(
     let meta = request_meta(&headers, Some(peer), parts.extensions.get::<RequestId>());
     let caller = caller(&state, &headers).await;
     let mut batch = batch;
+    persisted::resolve(&state, &caller, &mut batch).await;
     if let Err(refused) = admit(&state, &caller, &mut batch).await {
         return refused;
     }
@@ -306,8 +322,23 @@ pub async fn get_graphql(
             );
         }
     };
+    // The library reads `operation_name`; clients (Apollo's among them)
+    // send `operationName`, as in a POST body.
+    if gql.operation_name.is_none() {
+        gql.operation_name = url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "operationName")
+            .map(|(_, v)| v.into_owned());
+    }
+    let meta = request_meta(headers, Some(peer), request.extensions().get::<RequestId>());
+    let caller = caller(&state, headers).await;
+    let mut batch = BatchRequest::Single(gql);
+    // A hash names the document: resolved first, so the check below sees
+    // the text that would run.
+    persisted::resolve(&state, &caller, &mut batch).await;
     // GET must not change state: mutations go over POST.
-    if is_mutation(&mut gql, &state.app.config.limits) {
+    if let BatchRequest::Single(gql) = &mut batch
+        && is_mutation(gql, &state.app.config.limits)
+    {
         let mut resp = transport_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "BAD_USER_INPUT",
@@ -317,14 +348,20 @@ pub async fn get_graphql(
             .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
         return resp;
     }
-    let meta = request_meta(headers, Some(peer), request.extensions().get::<RequestId>());
-    let caller = caller(&state, headers).await;
-    let mut batch = BatchRequest::Single(gql);
     if let Err(refused) = admit(&state, &caller, &mut batch).await {
         return refused;
     }
     let response = execute(&state, batch, caller, meta).await;
-    into_http(response, headers)
+    let mut response = into_http(response, headers);
+    // Every answer is the caller's own (a bearer token, per-user rights)
+    // and live (open buckets change by the second): no cache may keep or
+    // share it. Short GET URLs with a hash are still what lets a client
+    // use GET at all for large documents.
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("private, no-store"),
+    );
+    response
 }
 
 /// Takes the batch's operations from the caller's query and mutation
@@ -374,7 +411,7 @@ async fn admit(
 /// The request's document parsed, when its text is within the lexical
 /// limits; a document past them is left to execution, which refuses it
 /// with a coded error without parsing it.
-fn parsed<'r>(
+pub(super) fn parsed<'r>(
     request: &'r mut GqlRequest,
     limits: &Limits,
 ) -> Option<&'r async_graphql::parser::types::ExecutableDocument> {

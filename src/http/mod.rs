@@ -19,6 +19,7 @@ mod events;
 pub mod graphiql;
 mod graphql;
 mod ops;
+mod persisted;
 
 use std::any::Any;
 use std::time::Duration;
