@@ -101,3 +101,60 @@ async fn a_socket_without_a_graphql_subprotocol_is_refused() {
         .expect("request");
     assert!(tokio_tungstenite::connect_async(request).await.is_err());
 }
+
+#[tokio::test]
+async fn operations_over_the_socket_take_the_same_rate_as_over_http() {
+    let app = spawn_app().await;
+    let t = app.tenant("ws-rate").await;
+    app.set_plan(
+        &t,
+        "team",
+        json!({ "limits": { "queries": { "per_tenant": 3, "per_user": 3 } } }),
+    )
+    .await;
+    let token = app.token(&t, Role::Viewer);
+    // One over HTTP, two over the socket: the third socket query is over.
+    assert!(
+        app.gql_as(&token, "{ me { role } }", json!({}))
+            .await
+            .get("errors")
+            .is_none()
+    );
+    let mut socket = open(&app, "graphql-transport-ws").await;
+    init(
+        &mut socket,
+        json!({ "authorization": format!("Bearer {token}") }),
+    )
+    .await;
+    let Message::Text(ack) = next(&mut socket).await else {
+        panic!("expected the ack");
+    };
+    assert!(ack.contains("connection_ack"), "{ack}");
+    let mut outcomes = Vec::new();
+    for id in ["1", "2", "3"] {
+        let msg =
+            json!({ "id": id, "type": "subscribe", "payload": { "query": "{ me { role } }" } });
+        socket
+            .send(Message::text(msg.to_string()))
+            .await
+            .expect("send");
+        loop {
+            let Message::Text(text) = next(&mut socket).await else {
+                continue;
+            };
+            let msg: Value = serde_json::from_str(&text).expect("json");
+            if msg["id"] != id || msg["type"] == "complete" {
+                continue;
+            }
+            outcomes.push(msg);
+            break;
+        }
+    }
+    assert_eq!(outcomes[0]["type"], "next", "{outcomes:?}");
+    assert_eq!(outcomes[1]["type"], "next", "{outcomes:?}");
+    let refused = &outcomes[2];
+    let code = refused["payload"]["errors"][0]["extensions"]["code"]
+        .as_str()
+        .or(refused["payload"][0]["extensions"]["code"].as_str());
+    assert_eq!(code, Some("RATE_LIMITED"), "{refused}");
+}

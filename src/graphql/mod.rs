@@ -17,6 +17,7 @@ mod loaders;
 mod metrics;
 pub mod persisted;
 mod provenance;
+pub mod rates;
 mod saved_queries;
 mod session;
 mod tenants;
@@ -79,6 +80,37 @@ pub fn parse_is_bounded(query: &str, limits: &Limits) -> bool {
     shape.depth <= max_nesting(limits) && shape.tokens <= limits.max_tokens
 }
 
+/// The request's document parsed, when its text is within the lexical
+/// limits; a document past them is left to execution, which refuses it
+/// with a coded error without parsing it. The request keeps the parsed
+/// document, so execution does not parse it again.
+pub fn parsed<'r>(
+    request: &'r mut async_graphql::Request,
+    limits: &Limits,
+) -> Option<&'r async_graphql::parser::types::ExecutableDocument> {
+    if !parse_is_bounded(&request.query, limits) {
+        return None;
+    }
+    request.parsed_query().ok()
+}
+
+/// The type of the operation the request selects (by `operationName`, or
+/// the document's first), or `None` when the document does not parse.
+pub fn operation_type(
+    request: &mut async_graphql::Request,
+    limits: &Limits,
+) -> Option<async_graphql::parser::types::OperationType> {
+    let wanted = request.operation_name.clone();
+    let doc = parsed(request, limits)?;
+    doc.operations
+        .iter()
+        .find(|(name, _)| match (&wanted, name) {
+            (Some(wanted), Some(n)) => n.as_str() == wanted,
+            _ => true,
+        })
+        .map(|(_, op)| op.node.ty)
+}
+
 /// Builds the schema; `state` is `None` only for printing the SDL.
 pub fn build(state: Option<AppState>, limits: &Limits) -> PulseSchema {
     let max_fields = state
@@ -100,7 +132,8 @@ pub fn build(state: Option<AppState>, limits: &Limits) -> PulseSchema {
         .extension(provenance::QueryProvenance)
         // Refuses unresolved persisted queries and, in allow-list mode,
         // unregistered documents, before anything is parsed.
-        .extension(persisted::PersistedGate);
+        .extension(persisted::PersistedGate)
+        .extension(rates::SocketRates);
     if let Some(state) = state {
         builder = builder
             .data(loaders::UserLoader::new(state.db.clone()))

@@ -179,7 +179,7 @@ impl ExtensionFactory for PersistedGate {
 /// The value of type `T` in the request's own data (where the HTTP layer
 /// puts it); the extension context does not see that data until the
 /// request is prepared.
-fn request_data<T: 'static>(request: &Request) -> Option<&T> {
+pub(crate) fn request_data<T: 'static>(request: &Request) -> Option<&T> {
     request
         .data
         .get(&TypeId::of::<T>())

@@ -125,6 +125,7 @@ async fn execute(
                 .data(caller)
                 .data(meta)
                 .data(executed.clone())
+                .data(graphql::rates::Admitted)
                 .data(graphql::MeOnce::default()),
         )
         .await;
@@ -408,19 +409,6 @@ async fn admit(
     })
 }
 
-/// The request's document parsed, when its text is within the lexical
-/// limits; a document past them is left to execution, which refuses it
-/// with a coded error without parsing it.
-pub(super) fn parsed<'r>(
-    request: &'r mut GqlRequest,
-    limits: &Limits,
-) -> Option<&'r async_graphql::parser::types::ExecutableDocument> {
-    if !graphql::parse_is_bounded(&request.query, limits) {
-        return None;
-    }
-    request.parsed_query().ok()
-}
-
 /// The operation's name: the one the client selected, or the name of the
 /// document's only operation. Parsing here is not wasted: the request
 /// keeps the parsed document for execution.
@@ -429,7 +417,7 @@ fn operation_name(request: &mut GqlRequest, limits: &Limits) -> Option<String> {
     if let Some(name) = &request.operation_name {
         return Some(name.clone());
     }
-    match &parsed(request, limits)?.operations {
+    match &graphql::parsed(request, limits)?.operations {
         DocumentOperations::Multiple(ops) if ops.len() == 1 => {
             ops.keys().next().map(|n| n.to_string())
         }
@@ -437,20 +425,12 @@ fn operation_name(request: &mut GqlRequest, limits: &Limits) -> Option<String> {
     }
 }
 
+/// Whether the selected operation changes state (a mutation, or a
+/// subscription, which HTTP does not serve). A document that does not
+/// parse is left to execution, which reports it.
 fn is_mutation(request: &mut GqlRequest, limits: &Limits) -> bool {
     use async_graphql::parser::types::OperationType;
-    let wanted = request.operation_name.clone();
-    let Some(doc) = parsed(request, limits) else {
-        // Let execution report the parse error.
-        return false;
-    };
-    doc.operations.iter().any(|(name, op)| {
-        let selected = match (&wanted, name) {
-            (Some(wanted), Some(n)) => n.as_str() == wanted,
-            _ => true,
-        };
-        selected && op.node.ty != OperationType::Query
-    })
+    graphql::operation_type(request, limits).is_some_and(|t| t != OperationType::Query)
 }
 
 /// A close frame's reason must fit its control frame: at most 123 bytes,

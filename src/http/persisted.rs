@@ -119,7 +119,7 @@ async fn resolve_one(
         // why another does not.
         if let Some(ctx) = tenant
             && !persisted::is_restricted(ctx)
-            && super::graphql::parsed(request, &app.config.limits).is_some()
+            && crate::graphql::parsed(request, &app.config.limits).is_some()
         {
             app.persisted
                 .put(ctx.tenant_id, &hash, &request.query)
