@@ -193,16 +193,18 @@ fn into_http((response, executed): (BatchResponse, bool), headers: &HeaderMap) -
     } else {
         "application/json"
     };
-    let body = serde_json::to_value(&response).map(|mut body| {
-        if graphql_media
-            && request_error
-            && let Some(map) = body.as_object_mut()
-        {
-            map.remove("data");
-        }
-        body
-    });
-    match body.and_then(|b| serde_json::to_vec(&b)) {
+    // Straight to bytes, but for the one case that edits the response.
+    let body = if graphql_media && request_error {
+        serde_json::to_value(&response).and_then(|mut body| {
+            if let Some(map) = body.as_object_mut() {
+                map.remove("data");
+            }
+            serde_json::to_vec(&body)
+        })
+    } else {
+        serde_json::to_vec(&response)
+    };
+    match body {
         Ok(body) => (status, [(header::CONTENT_TYPE, content_type)], body).into_response(),
         Err(e) => {
             let err = AppError::internal(e);
