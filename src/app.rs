@@ -147,7 +147,10 @@ impl AppState {
         }
         let keys = JwtKeys::new(&secret, &config.jwt);
         let analytics = metrics::Services {
-            cache: Some(cache.clone()),
+            // `PULSE_HOT_CACHE=0`: metric queries neither read nor fill the
+            // cache. The ingestion writer bumps its counters either way, so
+            // ingest costs the same with both settings.
+            cache: config.hot_cache.then(|| cache.clone()),
             flights: Flights::new(metrics.flights.clone()),
             budgets: Budgets {
                 limiter: limiter.clone(),

@@ -48,6 +48,10 @@ pub struct Config {
     /// (partitions ahead, data expiry). On by default; a test server turns
     /// them off so that they never run beside what it measures.
     pub background_jobs: bool,
+    /// `PULSE_HOT_CACHE`: whether metric queries read and fill the hot
+    /// cache. On by default; off, every metric query is computed from the
+    /// database (the uncached path, for comparison in `bench/`).
+    pub hot_cache: bool,
 }
 
 /// When `serve` seeds the demo data (see API.md, "startup").
@@ -313,6 +317,10 @@ impl Config {
                 Some(v) => parse_bool("PULSE_BACKGROUND_JOBS", &v)?,
                 None => true,
             },
+            hot_cache: match get("PULSE_HOT_CACHE") {
+                Some(v) => parse_bool("PULSE_HOT_CACHE", &v)?,
+                None => true,
+            },
             request_timeout: Duration::from_millis(number(
                 &get,
                 "PULSE_REQUEST_TIMEOUT_MS",
@@ -450,6 +458,13 @@ mod tests {
         assert_eq!(c.database.url, DEFAULT_DATABASE_URL);
         assert_eq!(c.demo, Demo::IfEmpty);
         assert_eq!(c.limits.body_bytes, 1 << 20);
+        assert!(c.hot_cache);
+    }
+
+    #[test]
+    fn the_hot_cache_can_be_turned_off() {
+        let c = config(&[("PULSE_HOT_CACHE", "0")]).expect("valid");
+        assert!(!c.hot_cache);
     }
 
     #[test]
@@ -477,6 +492,7 @@ mod tests {
             ("PULSE_BODY_LIMIT", "12"),
             ("PULSE_MAX_DEPTH", "deep"),
             ("PULSE_DEMO", "maybe"),
+            ("PULSE_HOT_CACHE", "sometimes"),
             ("PULSE_INGEST_MAX_EVENTS", "0"),
             ("PULSE_TRUSTED_PROXIES", "10.0.0.0/8, proxy.local"),
         ] {

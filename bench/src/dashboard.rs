@@ -40,10 +40,10 @@ const WARM_UP: usize = 2;
 
 /// Every field of each answer type, so that nothing is left uncomputed.
 const METRIC: &str = "total series { group total points { bucket value } }";
-const FUNNEL: &str = "steps { eventType count conversionFromStart conversionFromPrevious \
+pub(crate) const FUNNEL: &str = "steps { eventType count conversionFromStart conversionFromPrevious \
     medianSecondsToConvert } breakdowns { value steps { eventType count conversionFromStart \
     conversionFromPrevious medianSecondsToConvert } }";
-const RETENTION: &str = "cohorts { start size returned rates }";
+pub(crate) const RETENTION: &str = "cohorts { start size returned rates }";
 
 fn any_result() -> String {
     format!(

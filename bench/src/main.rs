@@ -3,6 +3,7 @@
 //! like a client would, and checks the database afterwards.
 
 mod dashboard;
+mod http;
 mod ingest;
 mod load;
 mod queries;
@@ -27,6 +28,9 @@ enum Scenario {
     Queries(queries::QueriesArgs),
     /// The demo dashboards resolved whole, against their slowest widget.
     Dashboard(dashboard::DashboardArgs),
+    /// Closed-loop GraphQL load on the hot path: cached and uncached
+    /// metrics, a whole dashboard, optionally under ingestion.
+    Http(http::HttpArgs),
 }
 
 #[tokio::main]
@@ -36,5 +40,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Load(args) => load::run(args).await,
         Scenario::Queries(args) => queries::run(args).await,
         Scenario::Dashboard(args) => dashboard::run(args).await,
+        Scenario::Http(args) => http::run(args).await,
     }
 }

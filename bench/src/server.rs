@@ -79,11 +79,22 @@ impl ServerArgs {
 
     /// A token from `pulse token`, signed with the bench secret.
     pub async fn token(&self, tenant: &str, role: &str) -> anyhow::Result<String> {
-        let out = self
-            .command()
-            .args(["token", "--tenant", tenant, "--role", role, "--ttl", "2h"])
-            .output()
-            .await?;
+        self.token_for(tenant, role, None).await
+    }
+
+    /// A token for `user` (an email), or a service token without one.
+    pub async fn token_for(
+        &self,
+        tenant: &str,
+        role: &str,
+        user: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let mut cmd = self.command();
+        cmd.args(["token", "--tenant", tenant, "--role", role, "--ttl", "2h"]);
+        if let Some(user) = user {
+            cmd.args(["--user", user]);
+        }
+        let out = cmd.output().await?;
         if !out.status.success() {
             bail!(
                 "pulse token failed: {}",
@@ -125,15 +136,7 @@ impl ServerArgs {
 impl Server {
     /// User plus system CPU seconds the server has used so far.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
-        // Fields after the parenthesised command name; utime and stime are
-        // the 14th and 15th fields of the whole line.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| -> anyhow::Result<f64> {
-            Ok(fields.get(i).context("short /proc stat")?.parse::<f64>()?)
-        };
-        Ok((ticks(11)? + ticks(12)?) / CLOCK_TICKS_PER_SECOND)
+        cpu_seconds_of(&self.pid.to_string())
     }
 
     /// Resident set size in MiB.
@@ -157,4 +160,17 @@ impl Server {
         tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
         Ok(())
     }
+}
+
+/// User plus system CPU seconds process `pid` (or `self`) has used so far.
+pub fn cpu_seconds_of(pid: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are
+    // the 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields.get(i).context("short /proc stat")?.parse::<f64>()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) / CLOCK_TICKS_PER_SECOND)
 }
