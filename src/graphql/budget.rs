@@ -6,30 +6,12 @@
 //! [`METRIC_COST`](super::METRIC_COST)) bounds the rest of the cost.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
-use async_graphql::{Name, ServerError, ServerResult, Variables};
+use async_graphql::{Name, ServerError, ServerResult};
 
 /// Root fields that run an analytic query.
 pub const ANALYTIC_FIELDS: &[&str] = &["metrics", "formula", "funnel", "retention"];
-
-pub struct AnalyticBudget {
-    pub max_fields: usize,
-}
-
-impl ExtensionFactory for AnalyticBudget {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(BudgetExtension {
-            max_fields: self.max_fields,
-        })
-    }
-}
-
-struct BudgetExtension {
-    max_fields: usize,
-}
 
 /// The analytic fields one selection set asks for, following fragment
 /// spreads once each (a cycle is reported by validation, later).
@@ -56,36 +38,23 @@ fn count(doc: &ExecutableDocument, set: &SelectionSet, seen: &mut HashSet<Name>)
         .sum()
 }
 
-#[async_graphql::async_trait::async_trait]
-impl Extension for BudgetExtension {
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        let doc = next.run(ctx, query, variables).await?;
-        for (_, operation) in doc.operations.iter() {
-            let n = count(
-                &doc,
-                &operation.node.selection_set.node,
-                &mut HashSet::new(),
+/// Refuses a document any of whose operations holds more than
+/// `max_fields` analytic fields.
+pub fn check(doc: &ExecutableDocument, max_fields: usize) -> ServerResult<()> {
+    for (_, operation) in doc.operations.iter() {
+        let n = count(doc, &operation.node.selection_set.node, &mut HashSet::new());
+        if n > max_fields {
+            let mut err = ServerError::new(
+                format!(
+                    "an operation may hold at most {max_fields} analytic fields (metrics, formula, funnel, retention); this one holds {n}"
+                ),
+                None,
             );
-            if n > self.max_fields {
-                let mut err = ServerError::new(
-                    format!(
-                        "an operation may hold at most {} analytic fields (metrics, formula, funnel, retention); this one holds {n}",
-                        self.max_fields
-                    ),
-                    None,
-                );
-                err.extensions
-                    .get_or_insert_with(Default::default)
-                    .set("code", "QUERY_TOO_COMPLEX");
-                return Err(err);
-            }
+            err.extensions
+                .get_or_insert_with(Default::default)
+                .set("code", "QUERY_TOO_COMPLEX");
+            return Err(err);
         }
-        Ok(doc)
     }
+    Ok(())
 }

@@ -1,15 +1,27 @@
-//! Gives every error an `extensions.code`, including the ones async-graphql
-//! raises itself (parse, validation, depth and complexity limits), so that
-//! clients can always switch on a code.
+//! The one schema extension: gives every error an `extensions.code`,
+//! including the ones async-graphql raises itself (parse, validation, depth
+//! and complexity limits), so that clients can always switch on a code; and
+//! runs the request's other hooks (the persisted-query gate, the socket's
+//! rates, the analytic-field cap, provenance), which live in their own
+//! modules as plain functions.
+//!
+//! One extension, not one per concern: with any extension at all,
+//! async-graphql sends every field through the chain of all of them, a
+//! boxed future per extension per field; five extensions cost a quarter of
+//! a cached dashboard query's CPU (bench/README.md, "Breakdown").
 
 use std::sync::Arc;
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextRequest,
-    NextSubscribe, NextValidation,
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest,
+    NextRequest, NextSubscribe, NextValidation,
 };
 use async_graphql::parser::types::ExecutableDocument;
-use async_graphql::{Response, ServerError, ServerResult, ValidationResult, Value, Variables};
+use async_graphql::{
+    Request, Response, ServerError, ServerResult, ValidationResult, Value, Variables,
+};
+
+use super::provenance::QueryLog;
 use futures_util::StreamExt as _;
 use futures_util::stream::BoxStream;
 
@@ -19,6 +31,8 @@ pub struct ErrorCodes {
     pub max_nesting: usize,
     /// Most lexical tokens a document may have before it is parsed.
     pub max_tokens: usize,
+    /// Most analytic fields one operation may hold ([`super::budget`]).
+    pub max_fields: usize,
 }
 
 /// Set once execution begins: a response without it failed as a request
@@ -39,6 +53,8 @@ impl ExtensionFactory for ErrorCodes {
         Arc::new(ErrorCodesExtension {
             max_nesting: self.max_nesting,
             max_tokens: self.max_tokens,
+            max_fields: self.max_fields,
+            log: QueryLog::default(),
         })
     }
 }
@@ -46,6 +62,9 @@ impl ExtensionFactory for ErrorCodes {
 struct ErrorCodesExtension {
     max_nesting: usize,
     max_tokens: usize,
+    max_fields: usize,
+    /// What the metric resolvers report ([`super::provenance`]).
+    log: QueryLog,
 }
 
 /// What a single linear pass over a GraphQL document sees before the
@@ -232,6 +251,20 @@ impl Extension for ErrorCodesExtension {
             .boxed()
     }
 
+    /// The request's gates, in order: persisted queries and the
+    /// allow-list, then the socket's rates; then the log resolvers write
+    /// provenance to.
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        mut request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        super::persisted::gate(ctx, &request).await?;
+        super::rates::admit(ctx, &mut request).await?;
+        next.run(ctx, request.data(self.log.clone())).await
+    }
+
     async fn parse_query(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -270,7 +303,7 @@ impl Extension for ErrorCodesExtension {
                 "QUERY_TOO_COMPLEX",
             ));
         }
-        next.run(ctx, query, variables).await.map_err(|e| {
+        let doc = next.run(ctx, query, variables).await.map_err(|e| {
             // The parser's own recursion bound (set to the same nesting).
             let code = if e.message.starts_with("The recursion depth") {
                 "QUERY_TOO_DEEP"
@@ -278,7 +311,9 @@ impl Extension for ErrorCodesExtension {
                 "GRAPHQL_PARSE_FAILED"
             };
             with_code(e, code)
-        })
+        })?;
+        super::budget::check(&doc, self.max_fields)?;
+        Ok(doc)
     }
 
     async fn validation(
@@ -312,6 +347,7 @@ impl Extension for ErrorCodesExtension {
             executed.0.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let mut response = next.run(ctx, operation_name).await;
+        self.log.attach(&mut response);
         // What is left is async-graphql's own argument coercion ("Failed to
         // parse ..."): the client sent a value of the wrong shape.
         response.errors = std::mem::take(&mut response.errors)

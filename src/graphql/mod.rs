@@ -120,7 +120,6 @@ pub fn build(state: Option<AppState>, limits: &Limits) -> PulseSchema {
     let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
-        .extension(budget::AnalyticBudget { max_fields })
         // Selections nest up to the depth limit and input values a little
         // further; the lexical check refuses deeper documents before the
         // parser runs, and the parser's own bound backs it.
@@ -128,12 +127,8 @@ pub fn build(state: Option<AppState>, limits: &Limits) -> PulseSchema {
         .extension(ErrorCodes {
             max_nesting,
             max_tokens: limits.max_tokens,
-        })
-        .extension(provenance::QueryProvenance)
-        // Refuses unresolved persisted queries and, in allow-list mode,
-        // unregistered documents, before anything is parsed.
-        .extension(persisted::PersistedGate)
-        .extension(rates::SocketRates);
+            max_fields,
+        });
     if let Some(state) = state {
         builder = builder
             .data(loaders::UserLoader::new(state.db.clone()))

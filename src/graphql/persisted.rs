@@ -9,12 +9,9 @@
 //! WebSocket alike.
 
 use std::any::TypeId;
-use std::sync::Arc;
 
 use async_graphql::connection::{Connection, Edge};
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest,
-};
+use async_graphql::extensions::ExtensionContext;
 use async_graphql::{
     Context, ErrorExtensions, ID, Object, Request, Result, ServerError, ServerResult,
 };
@@ -166,16 +163,6 @@ impl Refused {
     }
 }
 
-/// Refuses unresolved persisted queries and, in allow-list mode,
-/// unregistered documents of callers below ADMIN (see the module doc).
-pub struct PersistedGate;
-
-impl ExtensionFactory for PersistedGate {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(PersistedGate)
-    }
-}
-
 /// The value of type `T` in the request's own data (where the HTTP layer
 /// puts it); the extension context does not see that data until the
 /// request is prepared.
@@ -195,35 +182,29 @@ fn not_in_list(ctx: &TenantCtx) -> AppError {
     ))
 }
 
-#[async_graphql::async_trait::async_trait]
-impl Extension for PersistedGate {
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        request: Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<Request> {
-        if let Some(Refused(err)) = request_data::<Refused>(&request) {
-            return Err(err.clone());
-        }
-        // HTTP puts the caller into the request; the WebSocket into the
-        // connection's data.
-        let caller = request_data::<Caller>(&request).or_else(|| ctx.data_opt::<Caller>());
-        if let (Some(Caller::Authenticated(caller)), Some(app)) =
-            (caller, ctx.data_opt::<AppState>())
-            && persisted::is_restricted(caller)
-        {
-            let hash = persisted::digest(&request.query);
-            let allowed = app
-                .operations
-                .contains(&app.db, &app.persisted, caller, &hash)
-                .await
-                .map_err(|e| Refused::new(&e).0)?;
-            if !allowed {
-                app.metrics.persisted.count("not_in_list");
-                return Err(Refused::new(&not_in_list(caller)).0);
-            }
-        }
-        next.run(ctx, request).await
+/// Refuses unresolved persisted queries and, in allow-list mode,
+/// unregistered documents of callers below ADMIN (see the module doc); run
+/// by the request extension (`super::extension`) as a request is prepared.
+pub(super) async fn gate(ctx: &ExtensionContext<'_>, request: &Request) -> ServerResult<()> {
+    if let Some(Refused(err)) = request_data::<Refused>(request) {
+        return Err(err.clone());
     }
+    // HTTP puts the caller into the request; the WebSocket into the
+    // connection's data.
+    let caller = request_data::<Caller>(request).or_else(|| ctx.data_opt::<Caller>());
+    if let (Some(Caller::Authenticated(caller)), Some(app)) = (caller, ctx.data_opt::<AppState>())
+        && persisted::is_restricted(caller)
+    {
+        let hash = persisted::digest(&request.query);
+        let allowed = app
+            .operations
+            .contains(&app.db, &app.persisted, caller, &hash)
+            .await
+            .map_err(|e| Refused::new(&e).0)?;
+        if !allowed {
+            app.metrics.persisted.count("not_in_list");
+            return Err(Refused::new(&not_in_list(caller)).0);
+        }
+    }
+    Ok(())
 }

@@ -4,15 +4,13 @@
 //! whether every bucket came from the cache, the age of the oldest one
 //! that did, and the starts of the buckets computed this time.
 //!
-//! The extension is created per request; it hands resolvers a [`QueryLog`]
-//! through the request data and reads it back once execution is done.
+//! The request extension (`super::extension`) hands resolvers a
+//! [`QueryLog`] through the request data and reads it back once execution
+//! is done.
 
 use std::sync::{Arc, Mutex};
 
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextPrepareRequest,
-};
-use async_graphql::{Request, Response, ServerResult, Value};
+use async_graphql::{Response, Value};
 
 /// One answered metric query.
 #[derive(Clone, Debug)]
@@ -47,35 +45,10 @@ impl QueryLog {
     }
 }
 
-pub struct QueryProvenance;
-
-impl ExtensionFactory for QueryProvenance {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(ProvenanceExtension(QueryLog::default()))
-    }
-}
-
-struct ProvenanceExtension(QueryLog);
-
-#[async_graphql::async_trait::async_trait]
-impl Extension for ProvenanceExtension {
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        request: Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<Request> {
-        next.run(ctx, request.data(self.0.clone())).await
-    }
-
-    async fn execute(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        operation_name: Option<&str>,
-        next: NextExecute<'_>,
-    ) -> Response {
-        let mut response = next.run(ctx, operation_name).await;
-        let entries = self.0.take();
+impl QueryLog {
+    /// Writes what the resolvers logged into `response.extensions.queries`.
+    pub fn attach(&self, response: &mut Response) {
+        let entries = self.take();
         if !entries.is_empty() {
             let list = entries
                 .into_iter()
@@ -117,6 +90,5 @@ impl Extension for ProvenanceExtension {
                 .extensions
                 .insert("queries".to_owned(), Value::List(list));
         }
-        response
     }
 }

@@ -7,11 +7,7 @@
 //! subscriptions as queries, mutations as mutations), and a refusal fails
 //! that operation only, with `RATE_LIMITED` and `retryAfter`.
 
-use std::sync::Arc;
-
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest,
-};
+use async_graphql::extensions::ExtensionContext;
 use async_graphql::parser::types::OperationType;
 use async_graphql::{Request, ServerResult};
 
@@ -25,34 +21,20 @@ use crate::domain::limits;
 #[derive(Clone, Copy)]
 pub struct Admitted;
 
-pub struct SocketRates;
-
-impl ExtensionFactory for SocketRates {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(SocketRates)
+/// Admits `request` against the caller's rates unless HTTP already did;
+/// run by the request extension (`super::extension`) as it is prepared.
+pub(super) async fn admit(ctx: &ExtensionContext<'_>, request: &mut Request) -> ServerResult<()> {
+    if request_data::<Admitted>(request).is_none()
+        && let Some(Caller::Authenticated(caller)) = ctx.data_opt::<Caller>()
+        && let Some(app) = ctx.data_opt::<AppState>()
+    {
+        let kind = match super::operation_type(request, &app.config.limits) {
+            Some(OperationType::Mutation) => Kind::Mutation,
+            _ => Kind::Query,
+        };
+        limits::admit(&app.limiter, caller, kind, 1)
+            .await
+            .map_err(|e| Refused::new(&e).0)?;
     }
-}
-
-#[async_graphql::async_trait::async_trait]
-impl Extension for SocketRates {
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        mut request: Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<Request> {
-        if request_data::<Admitted>(&request).is_none()
-            && let Some(Caller::Authenticated(caller)) = ctx.data_opt::<Caller>()
-            && let Some(app) = ctx.data_opt::<AppState>()
-        {
-            let kind = match super::operation_type(&mut request, &app.config.limits) {
-                Some(OperationType::Mutation) => Kind::Mutation,
-                _ => Kind::Query,
-            };
-            limits::admit(&app.limiter, caller, kind, 1)
-                .await
-                .map_err(|e| Refused::new(&e).0)?;
-        }
-        next.run(ctx, request).await
-    }
+    Ok(())
 }
