@@ -37,6 +37,8 @@ pub struct App {
     /// `None` without `PULSE_REDIS_URL`.
     pub redis: Option<redis::aio::ConnectionManager>,
     pub keys: JwtKeys,
+    /// Parsed GraphQL documents, by tenant and text.
+    pub documents: crate::graphql::Documents,
     /// Tokens verified in the last second.
     pub tokens: crate::domain::auth::VerifiedTokens,
     pub metrics: Arc<Metrics>,
@@ -168,6 +170,7 @@ impl AppState {
             redis,
             keys,
             tokens: Default::default(),
+            documents: Default::default(),
             metrics,
             bus,
             cache,

@@ -380,10 +380,13 @@ async fn admit(
         return Ok(());
     };
     let limits = &state.app.config.limits;
-    let requests: Vec<&mut GqlRequest> = match batch {
+    let mut requests: Vec<&mut GqlRequest> = match batch {
         BatchRequest::Single(r) => vec![r],
         BatchRequest::Batch(rs) => rs.iter_mut().collect(),
     };
+    for r in requests.iter_mut() {
+        state.app.documents.prime(ctx.tenant_id, r, limits);
+    }
     let total = requests.len() as u64;
     let mutations = requests
         .into_iter()
