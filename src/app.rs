@@ -154,6 +154,7 @@ impl AppState {
             // ingest costs the same with both settings.
             cache: config.hot_cache.then(|| cache.clone()),
             flights: Flights::new(metrics.flights.clone()),
+            answers: metrics::cached::answers(),
             budgets: Budgets {
                 limiter: limiter.clone(),
                 counters: metrics.budget_counters(),

@@ -345,6 +345,12 @@ impl HotCache {
         found
     }
 
+    /// Counts `n` buckets served from entries read earlier (a memo of a
+    /// whole answer built from them).
+    pub fn count_hits(&self, n: usize) {
+        self.counters.hits.inc_by(n as u64);
+    }
+
     /// Files `entries` (key, text, seconds to live in Redis; the local
     /// tier is bounded by size).
     pub async fn put_many(&self, entries: Vec<(String, String, u64)>) {

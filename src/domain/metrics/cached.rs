@@ -121,6 +121,31 @@ fn digest(plan: &Plan) -> String {
 const WHOLE_TTL_SECS: u64 = 24 * 3600;
 const CUT_TTL_SECS: u64 = 3600;
 
+/// Everything a whole answer from the cache depends on: the question, its
+/// range and the counters of every day it covers. Equal keys mean the
+/// same entries, hence the same answer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AnswerKey {
+    tenant: uuid::Uuid,
+    digest: String,
+    from: i64,
+    to: i64,
+    nonce: String,
+    counters: Vec<u64>,
+}
+
+/// Whole answers combined from cached entries, per instance: a dashboard
+/// refreshed while nothing changes skips rebuilding the keys, decoding
+/// the entries and combining the cells (a fifth of a cached query's CPU).
+pub type Answers = moka::sync::Cache<AnswerKey, Arc<(raw::Aggregates, Option<DateTime<Utc>>)>>;
+
+pub fn answers() -> Answers {
+    moka::sync::Cache::builder()
+        .max_capacity(10_000)
+        .time_to_idle(std::time::Duration::from_secs(300))
+        .build()
+}
+
 /// The work one flight did: the cells of the buckets it computed, with
 /// their skipped values and the rows aggregated. `None`: too many cells
 /// for this path.
@@ -172,6 +197,26 @@ pub async fn aggregate(
         return Ok(None);
     };
     let digest = digest(plan);
+    let answer_key = AnswerKey {
+        tenant,
+        digest: digest.clone(),
+        from: plan.from.timestamp_micros(),
+        to: plan.to.timestamp_micros(),
+        nonce: gens.nonce.clone(),
+        counters: marks
+            .iter()
+            .map(|m| gens.values.get(m).copied().unwrap_or(0))
+            .collect(),
+    };
+    if let Some(answer) = services.answers.get(&answer_key) {
+        cache.count_hits(slots.len());
+        let used = CacheUse {
+            complete: true,
+            recomputed: Vec::new(),
+            oldest: answer.1,
+        };
+        return Ok(Some((answer.0.clone(), used)));
+    }
     let keys: Vec<String> = slots
         .iter()
         .map(|s| entry_key(tenant, &digest, &s.key(&gens.stamp(&s.marks))))
@@ -250,10 +295,13 @@ pub async fn aggregate(
     // the uncached path: cached buckets were computed the same way, and the
     // runs left (often just the cut ends) may be too short for rollups.
     let from_rollups = raw::rollup_window(plan).is_some();
-    Ok(Some((
-        cells::combine(plan, all, skipped, from_rollups),
-        used,
-    )))
+    let aggregates = cells::combine(plan, all, skipped, from_rollups);
+    if used.complete {
+        services
+            .answers
+            .insert(answer_key, Arc::new((aggregates.clone(), used.oldest)));
+    }
+    Ok(Some((aggregates, used)))
 }
 
 /// Computes the buckets of `runs` (their budget first), files them under

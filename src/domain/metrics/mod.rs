@@ -35,6 +35,8 @@ use crate::error::{AppError, AppResult};
 pub struct Services {
     pub cache: Option<HotCache>,
     pub flights: Flights<cached::Flight>,
+    /// Whole answers combined from the cache, per instance.
+    pub answers: cached::Answers,
     pub budgets: budget::Budgets,
 }
 

@@ -36,7 +36,7 @@ use crate::domain::events::query::time_value;
 pub type GroupKey = Vec<Option<String>>;
 
 /// What the raw path computed, before series are assembled.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Aggregates {
     pub total: Option<f64>,
     pub skipped: u64,
