@@ -155,6 +155,7 @@ impl AppState {
             cache: config.hot_cache.then(|| cache.clone()),
             flights: Flights::new(metrics.flights.clone()),
             answers: metrics::cached::answers(),
+            prepared: metrics::cached::prepared_set(),
             budgets: Budgets {
                 limiter: limiter.clone(),
                 counters: metrics.budget_counters(),

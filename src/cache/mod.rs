@@ -74,20 +74,35 @@ impl Mark {
     }
 }
 
+/// The counters a question reads, with their field names in the hash,
+/// built once per question and range.
+#[derive(Clone, Debug)]
+pub struct MarkSet {
+    pub marks: Vec<Mark>,
+    fields: Vec<String>,
+}
+
+impl MarkSet {
+    pub fn new(marks: Vec<Mark>) -> Self {
+        let fields = marks.iter().map(Mark::field).collect();
+        MarkSet { marks, fields }
+    }
+}
+
 /// The counters a reader saw: a nonce (which incarnation of the counters)
-/// and each requested counter's value.
+/// and each requested counter's value, in the order of its [`MarkSet`].
 #[derive(Clone, Debug)]
 pub struct Generations {
     pub nonce: String,
-    pub values: HashMap<Mark, u64>,
+    pub values: Vec<u64>,
 }
 
 impl Generations {
-    /// The stamp of a bucket whose span touches `marks`.
-    pub fn stamp<'m>(&self, marks: impl IntoIterator<Item = &'m Mark>) -> String {
-        let sum: u64 = marks
-            .into_iter()
-            .map(|m| self.values.get(m).copied().unwrap_or(0))
+    /// The stamp of a bucket whose span touches the marks at `positions`.
+    pub fn stamp(&self, positions: &[usize]) -> String {
+        let sum: u64 = positions
+            .iter()
+            .map(|&i| self.values.get(i).copied().unwrap_or(0))
             .sum();
         format!("{}.{sum}", self.nonce)
     }
@@ -233,18 +248,14 @@ impl HotCache {
 
     /// The current counters at `marks`, or `None` when they cannot be read
     /// (then nothing may be served from or filed into the cache).
-    pub async fn generations(&self, tenant: Uuid, marks: &[Mark]) -> Option<Generations> {
+    pub async fn generations(&self, tenant: Uuid, set: &MarkSet) -> Option<Generations> {
         match &self.store {
             Store::Memory { nonce, generations } => {
                 let gens = generations.lock().ok()?;
-                let values = marks
+                let values = set
+                    .marks
                     .iter()
-                    .map(|m| {
-                        (
-                            m.clone(),
-                            gens.get(&(tenant, m.clone())).copied().unwrap_or(0),
-                        )
-                    })
+                    .map(|m| gens.get(&(tenant, m.clone())).copied().unwrap_or(0))
                     .collect();
                 Some(Generations {
                     nonce: nonce.clone(),
@@ -256,11 +267,9 @@ impl HotCache {
                     return None;
                 }
                 let key = generations_key(tenant);
-                let mut fields: Vec<String> = vec!["nonce".into()];
-                fields.extend(marks.iter().map(Mark::field));
                 let mut conn = conn.clone();
                 let mut cmd = redis::cmd("HMGET");
-                cmd.arg(&key).arg(&fields);
+                cmd.arg(&key).arg("nonce").arg(&set.fields);
                 let read = cmd.query_async::<Vec<Option<String>>>(&mut conn);
                 let found = match tokio::time::timeout(REDIS_TIMEOUT, read).await {
                     Ok(Ok(found)) => found,
@@ -301,10 +310,10 @@ impl HotCache {
                         }
                     }
                 };
-                let values = marks
-                    .iter()
-                    .zip(found.into_iter().skip(1))
-                    .map(|(m, v)| (m.clone(), v.and_then(|v| v.parse().ok()).unwrap_or(0)))
+                let values = found
+                    .into_iter()
+                    .skip(1)
+                    .map(|v| v.and_then(|v| v.parse().ok()).unwrap_or(0))
                     .collect();
                 Some(Generations { nonce, values })
             }

@@ -111,8 +111,10 @@ impl Default for Documents {
     fn default() -> Self {
         Documents(
             moka::sync::Cache::builder()
+                // A parsed document takes several times its text (every
+                // name and position); weigh it generously.
                 .weigher(|(_, text): &(uuid::Uuid, String), _| {
-                    u32::try_from(text.len() * 4).unwrap_or(u32::MAX)
+                    u32::try_from(text.len() * 16).unwrap_or(u32::MAX)
                 })
                 .max_capacity(32 << 20)
                 .build(),

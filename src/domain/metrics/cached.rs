@@ -24,7 +24,7 @@ use super::raw::{self, GroupKey};
 use super::time;
 use super::{Snapshot, within};
 use crate::auth::TenantCtx;
-use crate::cache::{HotCache, Mark, entry_key};
+use crate::cache::{HotCache, Mark, MarkSet, entry_key};
 use crate::error::{AppError, AppResult};
 use sea_orm::DatabaseConnection;
 use std::sync::Arc;
@@ -56,7 +56,26 @@ struct Slot {
     to: DateTime<Utc>,
     /// The whole bucket lies in the range: its value may be cached.
     whole: bool,
-    marks: Vec<Mark>,
+    /// The counters of the days its span covers: positions in the
+    /// question's [`MarkSet`].
+    marks: Vec<usize>,
+}
+
+/// What a question over a range reads, worked out once per instance (a
+/// dashboard asks it again and again): its buckets' spans and counters.
+pub struct Prepared {
+    slots: Vec<Slot>,
+    marks: MarkSet,
+}
+
+/// [`Prepared`] questions by digest and range.
+pub type PreparedSet = moka::sync::Cache<(String, i64, i64), Arc<Prepared>>;
+
+pub fn prepared_set() -> PreparedSet {
+    moka::sync::Cache::builder()
+        .max_capacity(10_000)
+        .time_to_idle(std::time::Duration::from_secs(300))
+        .build()
 }
 
 /// Whether `plan` can be answered through the cache.
@@ -64,39 +83,52 @@ pub fn eligible(plan: &Plan) -> bool {
     cells::decomposes(plan.measure) && plan.granularity.is_some() && !plan.buckets.is_empty()
 }
 
-fn slots(plan: &Plan) -> Option<Vec<Slot>> {
+fn prepare(plan: &Plan) -> Option<Prepared> {
     let g = plan.granularity?;
     let types: Vec<Option<String>> = if plan.event_types.is_empty() {
         vec![None]
     } else {
         plan.event_types.iter().cloned().map(Some).collect()
     };
-    plan.buckets
-        .iter()
-        .map(|b| {
-            let end = time::bucket_end(g, plan.tz, b.local)?;
-            let from = b.start.max(plan.from);
-            let to = end.min(plan.to);
-            let last = to - chrono::Duration::nanoseconds(1);
-            let mut marks = vec![Mark::epoch()];
-            let mut day = from.date_naive();
-            while day <= last.date_naive() {
-                marks.extend(types.iter().map(|t| Mark {
-                    day,
-                    event_type: t.clone(),
-                }));
-                day = day.succ_opt()?;
-            }
-            Some(Slot {
-                local: b.local,
-                start: b.start,
-                from,
-                to,
-                whole: from == b.start && to == end,
-                marks,
-            })
+    let mut spans = Vec::with_capacity(plan.buckets.len());
+    let mut all: BTreeSet<Mark> = BTreeSet::new();
+    for b in &plan.buckets {
+        let end = time::bucket_end(g, plan.tz, b.local)?;
+        let from = b.start.max(plan.from);
+        let to = end.min(plan.to);
+        let last = to - chrono::Duration::nanoseconds(1);
+        let mut marks = vec![Mark::epoch()];
+        let mut day = from.date_naive();
+        while day <= last.date_naive() {
+            marks.extend(types.iter().map(|t| Mark {
+                day,
+                event_type: t.clone(),
+            }));
+            day = day.succ_opt()?;
+        }
+        all.extend(marks.iter().cloned());
+        spans.push((b, from, to, from == b.start && to == end, marks));
+    }
+    let marks: Vec<Mark> = all.into_iter().collect();
+    let position: HashMap<&Mark, usize> = marks.iter().enumerate().map(|(i, m)| (m, i)).collect();
+    let slots = spans
+        .into_iter()
+        .map(|(b, from, to, whole, own)| Slot {
+            local: b.local,
+            start: b.start,
+            from,
+            to,
+            whole,
+            marks: own
+                .iter()
+                .filter_map(|m| position.get(m).copied())
+                .collect(),
         })
-        .collect()
+        .collect();
+    Some(Prepared {
+        slots,
+        marks: MarkSet::new(marks),
+    })
 }
 
 /// What identifies the question apart from its range: the same for every
@@ -182,31 +214,36 @@ pub async fn aggregate(
     cache: &HotCache,
     services: &super::Services,
 ) -> AppResult<Option<(raw::Aggregates, CacheUse)>> {
-    let Some(slots) = slots(plan) else {
-        return Ok(None);
-    };
     let tenant = ctx.tenant_id;
-    let marks: Vec<Mark> = slots
-        .iter()
-        .flat_map(|s| s.marks.iter().cloned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let digest = digest(plan);
+    let span = (
+        digest.clone(),
+        plan.from.timestamp_micros(),
+        plan.to.timestamp_micros(),
+    );
+    let prepared = match services.prepared.get(&span) {
+        Some(prepared) => prepared,
+        None => {
+            let Some(prepared) = prepare(plan) else {
+                return Ok(None);
+            };
+            let prepared = Arc::new(prepared);
+            services.prepared.insert(span, prepared.clone());
+            prepared
+        }
+    };
+    let slots = &prepared.slots;
     // Read before the database is: see `crate::cache`.
-    let Some(gens) = cache.generations(tenant, &marks).await else {
+    let Some(gens) = cache.generations(tenant, &prepared.marks).await else {
         return Ok(None);
     };
-    let digest = digest(plan);
     let answer_key = AnswerKey {
         tenant,
         digest: digest.clone(),
         from: plan.from.timestamp_micros(),
         to: plan.to.timestamp_micros(),
         nonce: gens.nonce.clone(),
-        counters: marks
-            .iter()
-            .map(|m| gens.values.get(m).copied().unwrap_or(0))
-            .collect(),
+        counters: gens.values.clone(),
     };
     if let Some(answer) = services.answers.get(&answer_key) {
         cache.count_hits(slots.len());

@@ -37,6 +37,8 @@ pub struct Services {
     pub flights: Flights<cached::Flight>,
     /// Whole answers combined from the cache, per instance.
     pub answers: cached::Answers,
+    /// Questions' buckets and counters, worked out once per range.
+    pub prepared: cached::PreparedSet,
     pub budgets: budget::Budgets,
 }
 
