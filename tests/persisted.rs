@@ -625,6 +625,13 @@ async fn instances_sharing_redis_share_documents_and_the_allow_list() {
 
     let admin = one.token(&t, Role::Admin);
     set_allow_list(&one, &admin, true).await;
+    // The mode is part of the tenant's policy, which another instance
+    // reads with the token it remembers for a second: it holds there
+    // within that second.
+    tokio::time::sleep(
+        pulse::domain::auth::VerifiedTokens::TTL + std::time::Duration::from_millis(200),
+    )
+    .await;
     let typename = "query T { __typename }";
     // Instance two caches the (empty) list...
     assert_code(
