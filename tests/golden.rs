@@ -13,6 +13,7 @@ use std::path::Path;
 
 use chrono::{DateTime, TimeZone, Utc};
 use pulse::domain::events::query::{self as events, EventFilter};
+use pulse::domain::metrics::budget;
 use pulse::domain::metrics::journey::{self, FunnelQuery, FunnelStepQuery, RetentionQuery};
 use pulse::domain::metrics::plan::{self, FilterOp, Measure, MetricQuery};
 use pulse::domain::metrics::raw::{GroupKey, Statements};
@@ -201,7 +202,10 @@ impl Case {
                 limit: m.limit,
             };
             let plan = plan::plan(q, now(), plan::DEFAULT_MAX_SPAN).expect("a valid metric query");
-            return Statements::new(backend, &plan, tenant).all(&self.ranked);
+            // The query budget's estimate runs first, over the aggregates.
+            let mut all = vec![budget::statement(backend, &plan, tenant)];
+            all.extend(Statements::new(backend, &plan, tenant).all(&self.ranked));
+            return all;
         }
         if let Some(f) = self.funnel {
             let q = FunnelQuery {

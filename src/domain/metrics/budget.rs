@@ -75,8 +75,8 @@ fn hour_ceil(t: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// The statement estimating the rows `part` (one contiguous span of a
-/// plan) touches.
-fn statement(backend: sea_orm::DbBackend, part: &Plan, tenant: uuid::Uuid) -> Statement {
+/// plan) touches; the golden tests pin it beside the query's own.
+pub fn statement(backend: sea_orm::DbBackend, part: &Plan, tenant: uuid::Uuid) -> Statement {
     let mut sql = raw::new_sql(backend);
     // An empty window (raw path): every hour counts its events.
     let (ws, we) = raw::rollup_window(part).unwrap_or((part.from, part.from));
