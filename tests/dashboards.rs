@@ -982,3 +982,43 @@ async fn a_query_shared_by_widgets_and_formulas_runs_once() {
     // sharing, delivered would run three times (9 + 3 lookups).
     assert_eq!(cache_lookups(&app).await - before, 6.0, "{body}");
 }
+
+#[tokio::test]
+async fn a_share_link_spends_the_owning_tenants_query_rate() {
+    let (app, t) = seeded().await;
+    let owner = app.token(&t, Role::Editor);
+    let id = data(
+        &app.gql_as(&owner, CREATE, json!({ "i": email_dashboard() }))
+            .await,
+    )["createDashboard"]["id"]
+        .clone();
+    let body = app
+        .gql_as(
+            &owner,
+            "mutation($id: ID!) { createShareLink(dashboardId: $id, expiresIn: \"1d\") { token } }",
+            json!({ "id": id }),
+        )
+        .await;
+    let token = data(&body)["createShareLink"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    app.set_plan(
+        &t,
+        "team",
+        json!({ "limits": { "queries": { "per_tenant": 100, "per_user": 2 } } }),
+    )
+    .await;
+    let shared = "query($t: String!) { sharedDashboard(token: $t) { name } }";
+    for _ in 0..2 {
+        let body = app.gql_anonymous(shared, json!({ "t": token })).await;
+        assert!(data(&body)["sharedDashboard"]["name"].is_string(), "{body}");
+    }
+    assert_code(
+        &app.gql_anonymous(shared, json!({ "t": token })).await,
+        "RATE_LIMITED",
+    );
+    // The tenant's own users are not the link: they go on.
+    let me = app.gql_as(&owner, "{ me { role } }", json!({})).await;
+    assert!(me.get("errors").is_none(), "{me}");
+}

@@ -976,13 +976,19 @@ pub async fn open_link(
     if !tenant.status.is_usable() {
         return Err(AppError::TenantSuspended);
     }
+    // A link's viewers spend the owning tenant's plan: its budget, and
+    // (per link, as the "user") its rates.
+    let policy = std::sync::Arc::new(crate::auth::policy::Policy::of(
+        &tenant.plan,
+        &tenant.settings,
+    ));
     let viewer = TenantCtx {
         tenant_id: tenant.id,
         tenant_slug: tenant.slug,
         user_id: None,
         actor: format!("share:{link_id}"),
         role: Role::Viewer,
-        policy: Default::default(),
+        policy,
     };
     let reader = viewer.clone();
     scoped(db, &viewer, move |txn| {

@@ -910,12 +910,18 @@ async fn open_shared(ctx: &Context<'_>, token: &str) -> Result<Dashboard, AppErr
         }
     })?;
     match dashboards::open_link(&app.db, &claims).await? {
-        Ok((inner, viewer, locked)) => Ok(Dashboard {
-            inner,
-            variables: locked,
-            shared: Some(viewer),
-            preloaded: Preloaded::default(),
-        }),
+        // A public link spends the owning tenant's query rate, the link
+        // counting as its user, as a logged-in viewer's request would.
+        Ok((inner, viewer, locked)) => {
+            crate::domain::limits::admit(&app.limiter, &viewer, crate::cache::rate::Kind::Query, 1)
+                .await?;
+            Ok(Dashboard {
+                inner,
+                variables: locked,
+                shared: Some(viewer),
+                preloaded: Preloaded::default(),
+            })
+        }
         Err(refusal) => Err(AppError::Unauthenticated(
             match refusal {
                 LinkRefusal::Invalid => "invalid share link",
