@@ -97,28 +97,21 @@ async fn a_batch_counts_each_operation_and_mutations_have_their_own_rate() {
     app.set_plan(&t, "team", limits((4, 4), (2, 2), (1000, 1000)))
         .await;
     let token = app.token(&t, Role::Editor);
-    let batch = |n: usize| json!((0..n).map(|_| json!({ "query": ME })).collect::<Vec<_>>());
-    let resp = app
-        .http
-        .post(app.url("/graphql"))
-        .bearer_auth(&token)
-        .json(&batch(5))
-        .send()
-        .await
-        .expect("send");
+    let post_batch = |n: usize| {
+        let batch: Vec<Value> = (0..n).map(|_| json!({ "query": ME })).collect();
+        app.http
+            .post(app.url("/graphql"))
+            .bearer_auth(&token)
+            .json(&batch)
+            .send()
+    };
+    let resp = post_batch(5).await.expect("send");
     assert_eq!(
         resp.status().as_u16(),
         429,
         "five operations past a limit of four"
     );
-    let resp = app
-        .http
-        .post(app.url("/graphql"))
-        .bearer_auth(&token)
-        .json(&batch(4))
-        .send()
-        .await
-        .expect("send");
+    let resp = post_batch(4).await.expect("send");
     assert_eq!(
         resp.status().as_u16(),
         200,

@@ -44,6 +44,51 @@ const LOCAL_BYTES: u64 = 64 << 20;
 /// At most one log line per this interval about Redis failing.
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
+/// A Redis call bounded by [`REDIS_TIMEOUT`]: every user of Redis here
+/// goes through it, so none can hang a request on a slow server.
+pub(crate) async fn bounded<T>(
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(anyhow::anyhow!("timed out")),
+    }
+}
+
+/// The Redis failures of one user of it (the cache, the limiter, the
+/// persisted queries): counted, and logged at most once per [`LOG_EVERY`]
+/// with what the server does meanwhile.
+#[derive(Clone)]
+pub(crate) struct Failures {
+    errors: Counter,
+    last_log: Arc<Mutex<Option<Instant>>>,
+    /// Who failed, for the log line ("hot cache").
+    who: &'static str,
+    /// What the server does instead ("answering from the database").
+    meanwhile: &'static str,
+}
+
+impl Failures {
+    pub(crate) fn new(errors: Counter, who: &'static str, meanwhile: &'static str) -> Self {
+        Failures {
+            errors,
+            last_log: Arc::default(),
+            who,
+            meanwhile,
+        }
+    }
+
+    pub(crate) fn record(&self, what: &str, e: &anyhow::Error) {
+        self.errors.inc();
+        if let Ok(mut last) = self.last_log.lock()
+            && last.is_none_or(|at| at.elapsed() >= LOG_EVERY)
+        {
+            *last = Some(Instant::now());
+            tracing::warn!(error = %e, "{}: Redis failed to {what}; {}", self.who, self.meanwhile);
+        }
+    }
+}
+
 /// One counter: events of `event_type` (or of any type, `None`) on `day`
 /// (UTC).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -123,7 +168,7 @@ pub struct HotCache {
     local: moka::sync::Cache<String, Arc<str>>,
     store: Store,
     counters: CacheCounters,
-    last_log: Arc<Mutex<Option<Instant>>>,
+    failures: Failures,
     /// Bumps Redis did not take: they are applied before the cache is
     /// read again, and until they are, it is not read (an entry filed
     /// before them would otherwise look current when Redis comes back
@@ -140,10 +185,11 @@ enum Store {
     Redis(redis::aio::ConnectionManager),
 }
 
-fn local_tier() -> moka::sync::Cache<String, Arc<str>> {
+/// An in-process map of texts by key, bounded by `bytes` of both.
+pub(crate) fn local_tier(bytes: u64) -> moka::sync::Cache<String, Arc<str>> {
     moka::sync::Cache::builder()
         .weigher(|k: &String, v: &Arc<str>| u32::try_from(k.len() + v.len()).unwrap_or(u32::MAX))
-        .max_capacity(LOCAL_BYTES)
+        .max_capacity(bytes)
         .build()
 }
 
@@ -154,11 +200,7 @@ async fn incr(conn: &redis::aio::ConnectionManager, bumps: &[(Uuid, Mark)]) -> a
         pipe.hincr(generations_key(*tenant), m.field(), 1).ignore();
     }
     let mut conn = conn.clone();
-    match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(anyhow::anyhow!("timed out")),
-    }
+    bounded(pipe.query_async::<()>(&mut conn)).await
 }
 
 fn generations_key(tenant: Uuid) -> String {
@@ -174,23 +216,31 @@ pub fn entry_key(tenant: Uuid, digest: &str, stamp: &str) -> String {
 impl HotCache {
     pub fn memory(counters: CacheCounters) -> Self {
         HotCache {
-            local: local_tier(),
+            local: local_tier(LOCAL_BYTES),
             store: Store::Memory {
                 nonce: Uuid::new_v4().simple().to_string(),
                 generations: Arc::default(),
             },
+            failures: Failures::new(
+                counters.errors.clone(),
+                "hot cache",
+                "answering from the database",
+            ),
             counters,
-            last_log: Arc::default(),
             pending: Arc::default(),
         }
     }
 
     pub fn redis(conn: redis::aio::ConnectionManager, counters: CacheCounters) -> Self {
         HotCache {
-            local: local_tier(),
+            local: local_tier(LOCAL_BYTES),
             store: Store::Redis(conn),
+            failures: Failures::new(
+                counters.errors.clone(),
+                "hot cache",
+                "answering from the database",
+            ),
             counters,
-            last_log: Arc::default(),
             pending: Arc::default(),
         }
     }
@@ -271,14 +321,10 @@ impl HotCache {
                 let mut cmd = redis::cmd("HMGET");
                 cmd.arg(&key).arg("nonce").arg(&set.fields);
                 let read = cmd.query_async::<Vec<Option<String>>>(&mut conn);
-                let found = match tokio::time::timeout(REDIS_TIMEOUT, read).await {
-                    Ok(Ok(found)) => found,
-                    Ok(Err(e)) => {
-                        self.failed("read generations", e.into());
-                        return None;
-                    }
-                    Err(_) => {
-                        self.failed("read generations", anyhow::anyhow!("timed out"));
+                let found = match bounded(read).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        self.failed("read generations", e);
                         return None;
                     }
                 };
@@ -296,15 +342,11 @@ impl HotCache {
                             .ignore();
                         set.cmd("HGET").arg(&key).arg("nonce");
                         let set = set.query_async::<(Option<String>,)>(&mut conn);
-                        match tokio::time::timeout(REDIS_TIMEOUT, set).await {
-                            Ok(Ok((Some(n),))) => n,
-                            Ok(Ok((None,))) => return None,
-                            Ok(Err(e)) => {
-                                self.failed("set the nonce", e.into());
-                                return None;
-                            }
-                            Err(_) => {
-                                self.failed("set the nonce", anyhow::anyhow!("timed out"));
+                        match bounded(set).await {
+                            Ok((Some(n),)) => n,
+                            Ok((None,)) => return None,
+                            Err(e) => {
+                                self.failed("set the nonce", e);
                                 return None;
                             }
                         }
@@ -330,8 +372,8 @@ impl HotCache {
             let mut cmd = redis::cmd("MGET");
             cmd.arg(&wanted);
             let read = cmd.query_async::<Vec<Option<String>>>(&mut conn);
-            match tokio::time::timeout(REDIS_TIMEOUT, read).await {
-                Ok(Ok(values)) => {
+            match bounded(read).await {
+                Ok(values) => {
                     for (&i, v) in missing.iter().zip(values) {
                         if let Some(v) = v {
                             let v: Arc<str> = v.into();
@@ -340,11 +382,8 @@ impl HotCache {
                         }
                     }
                 }
-                Ok(Err(e)) => {
-                    self.failed("read entries", e.into());
-                }
-                Err(_) => {
-                    self.failed("read entries", anyhow::anyhow!("timed out"));
+                Err(e) => {
+                    self.failed("read entries", e);
                 }
             }
         }
@@ -374,14 +413,8 @@ impl HotCache {
                 pipe.set_ex(k, v, (*ttl).clamp(1, ENTRY_TTL_SECS)).ignore();
             }
             let mut conn = conn.clone();
-            match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    self.failed("write entries", e.into());
-                }
-                Err(_) => {
-                    self.failed("write entries", anyhow::anyhow!("timed out"));
-                }
+            if let Err(e) = bounded(pipe.query_async::<()>(&mut conn)).await {
+                self.failed("write entries", e);
             }
         }
         for (k, v, _) in entries {
@@ -389,15 +422,8 @@ impl HotCache {
         }
     }
 
-    /// Counts a Redis failure and logs it, at most once per [`LOG_EVERY`].
     fn failed(&self, what: &str, e: anyhow::Error) -> anyhow::Error {
-        self.counters.errors.inc();
-        if let Ok(mut last) = self.last_log.lock()
-            && last.is_none_or(|at| at.elapsed() >= LOG_EVERY)
-        {
-            *last = Some(Instant::now());
-            tracing::warn!(error = %e, "hot cache: Redis failed to {what}; answering from the database");
-        }
+        self.failures.record(what, &e);
         e
     }
 }

@@ -25,15 +25,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+
+use super::{Failures, bounded, local_tier};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use uuid::Uuid;
 
-/// How long a Redis call may take before it counts as failed.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
 /// How long documents live in Redis. A client whose document expired is
 /// told it is not found and sends it again.
 const ENTRY_TTL_SECS: u64 = 24 * 3600;
@@ -41,8 +40,6 @@ const ENTRY_TTL_SECS: u64 = 24 * 3600;
 const MEMORY_BYTES: u64 = 32 << 20;
 /// The local tier in front of Redis: only the hottest documents.
 const LOCAL_BYTES: u64 = 8 << 20;
-/// At most one log line per this interval about Redis failing.
-const LOG_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -74,14 +71,7 @@ pub struct PersistedQueries {
     /// Each tenant's stamp, in-process (without Redis).
     stamps: Arc<Mutex<HashMap<Uuid, String>>>,
     pub counters: PersistedCounters,
-    last_log: Arc<Mutex<Option<Instant>>>,
-}
-
-fn bounded(bytes: u64) -> moka::sync::Cache<String, Arc<str>> {
-    moka::sync::Cache::builder()
-        .weigher(|k: &String, v: &Arc<str>| u32::try_from(k.len() + v.len()).unwrap_or(u32::MAX))
-        .max_capacity(bytes)
-        .build()
+    failures: Failures,
 }
 
 fn document_key(tenant: Uuid, hash: &str) -> String {
@@ -95,17 +85,21 @@ fn stamp_key(tenant: Uuid) -> String {
 impl PersistedQueries {
     pub fn memory(counters: PersistedCounters) -> Self {
         PersistedQueries {
-            local: bounded(MEMORY_BYTES),
+            local: local_tier(MEMORY_BYTES),
             redis: None,
             stamps: Arc::default(),
+            failures: Failures::new(
+                counters.errors.clone(),
+                "persisted queries",
+                "reading documents as not found",
+            ),
             counters,
-            last_log: Arc::default(),
         }
     }
 
     pub fn redis(conn: redis::aio::ConnectionManager, counters: PersistedCounters) -> Self {
         PersistedQueries {
-            local: bounded(LOCAL_BYTES),
+            local: local_tier(LOCAL_BYTES),
             redis: Some(conn),
             ..PersistedQueries::memory(counters)
         }
@@ -123,19 +117,15 @@ impl PersistedQueries {
         let mut cmd = redis::cmd("GET");
         cmd.arg(&key);
         let read = cmd.query_async::<Option<String>>(&mut conn);
-        match tokio::time::timeout(REDIS_TIMEOUT, read).await {
-            Ok(Ok(Some(text))) => {
+        match bounded(read).await {
+            Ok(Some(text)) => {
                 let text: Arc<str> = text.into();
                 self.local.insert(key, text.clone());
                 Some(text)
             }
-            Ok(Ok(None)) => None,
-            Ok(Err(e)) => {
-                self.failed("read a document", e.into());
-                None
-            }
-            Err(_) => {
-                self.failed("read a document", anyhow::anyhow!("timed out"));
+            Ok(None) => None,
+            Err(e) => {
+                self.failures.record("read a document", &e);
                 None
             }
         }
@@ -151,10 +141,8 @@ impl PersistedQueries {
             let mut cmd = redis::cmd("SET");
             cmd.arg(&key).arg(document).arg("EX").arg(ENTRY_TTL_SECS);
             let write = cmd.query_async::<()>(&mut conn);
-            match tokio::time::timeout(REDIS_TIMEOUT, write).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => self.failed("write a document", e.into()),
-                Err(_) => self.failed("write a document", anyhow::anyhow!("timed out")),
+            if let Err(e) = bounded(write).await {
+                self.failures.record("write a document", &e);
             }
         }
         self.local.insert(key, document.into());
@@ -171,14 +159,10 @@ impl PersistedQueries {
         let mut cmd = redis::cmd("GET");
         cmd.arg(stamp_key(tenant));
         let read = cmd.query_async::<Option<String>>(&mut conn);
-        match tokio::time::timeout(REDIS_TIMEOUT, read).await {
-            Ok(Ok(stamp)) => Some(stamp.unwrap_or_default()),
-            Ok(Err(e)) => {
-                self.failed("read the operations stamp", e.into());
-                None
-            }
-            Err(_) => {
-                self.failed("read the operations stamp", anyhow::anyhow!("timed out"));
+        match bounded(read).await {
+            Ok(stamp) => Some(stamp.unwrap_or_default()),
+            Err(e) => {
+                self.failures.record("read the operations stamp", &e);
                 None
             }
         }
@@ -198,21 +182,8 @@ impl PersistedQueries {
         let mut cmd = redis::cmd("SET");
         cmd.arg(stamp_key(tenant)).arg(&fresh);
         let write = cmd.query_async::<()>(&mut conn);
-        match tokio::time::timeout(REDIS_TIMEOUT, write).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => self.failed("write the operations stamp", e.into()),
-            Err(_) => self.failed("write the operations stamp", anyhow::anyhow!("timed out")),
-        }
-    }
-
-    /// Counts a Redis failure and logs it, at most once per [`LOG_EVERY`].
-    fn failed(&self, what: &str, e: anyhow::Error) {
-        self.counters.errors.inc();
-        if let Ok(mut last) = self.last_log.lock()
-            && last.is_none_or(|at| at.elapsed() >= LOG_EVERY)
-        {
-            *last = Some(Instant::now());
-            tracing::warn!(error = %e, "persisted queries: Redis failed to {what}");
+        if let Err(e) = bounded(write).await {
+            self.failures.record("write the operations stamp", &e);
         }
     }
 }

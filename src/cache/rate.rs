@@ -18,17 +18,16 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use uuid::Uuid;
 
+use super::{Failures, bounded};
 use crate::auth::policy::Quota;
 
-const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
-const LOG_EVERY: Duration = Duration::from_secs(30);
 const MINUTE_US: u64 = 60_000_000;
 
 /// What is being limited; each kind has its own keys.
@@ -131,7 +130,7 @@ pub struct RateLimiter {
     /// while Redis is away. Entries idle for a minute are dropped.
     local: Arc<Mutex<HashMap<String, u64>>>,
     counters: RateCounters,
-    last_log: Arc<Mutex<Option<Instant>>>,
+    failures: Failures,
 }
 
 /// The keys one check moves: the tenant's and its user's.
@@ -154,8 +153,12 @@ impl RateLimiter {
         RateLimiter {
             redis: None,
             local: Arc::default(),
+            failures: Failures::new(
+                counters.errors.clone(),
+                "rate limits",
+                "limiting in-process until it answers",
+            ),
             counters,
-            last_log: Arc::default(),
         }
     }
 
@@ -197,7 +200,7 @@ impl RateLimiter {
                     match self.take_redis(conn, script, &keys, rates, cost).await {
                         Ok(verdict) => verdict,
                         Err(e) => {
-                            self.failed(e);
+                            self.failures.record("check a rate", &e);
                             self.take_local(&keys, rates, cost)
                         }
                     }
@@ -252,21 +255,8 @@ impl RateLimiter {
             invocation.arg(rate.interval_us).arg(rate.tolerance_us);
         }
         let mut conn = conn.clone();
-        let wait: u64 =
-            tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async::<u64>(&mut conn))
-                .await
-                .map_err(|_| anyhow::anyhow!("timed out"))??;
+        let wait: u64 = bounded(invocation.invoke_async::<u64>(&mut conn)).await?;
         Ok(if wait == 0 { Ok(()) } else { Err(wait) })
-    }
-
-    fn failed(&self, e: anyhow::Error) {
-        self.counters.errors.inc();
-        if let Ok(mut last) = self.last_log.lock()
-            && last.is_none_or(|at| at.elapsed() >= LOG_EVERY)
-        {
-            *last = Some(Instant::now());
-            tracing::warn!(error = %e, "rate limits: Redis failed; limiting in-process until it answers");
-        }
     }
 }
 

@@ -68,8 +68,9 @@ pub struct Prepared {
     marks: MarkSet,
 }
 
-/// [`Prepared`] questions by digest and range.
-pub type PreparedSet = moka::sync::Cache<(String, i64, i64), Arc<Prepared>>;
+/// [`Prepared`] questions by tenant, digest and range (the tenant too,
+/// though nothing in them is a tenant's: every key carries it).
+pub type PreparedSet = moka::sync::Cache<(uuid::Uuid, String, i64, i64), Arc<Prepared>>;
 
 pub fn prepared_set() -> PreparedSet {
     moka::sync::Cache::builder()
@@ -217,6 +218,7 @@ pub async fn aggregate(
     let tenant = ctx.tenant_id;
     let digest = digest(plan);
     let span = (
+        tenant,
         digest.clone(),
         plan.from.timestamp_micros(),
         plan.to.timestamp_micros(),
