@@ -52,6 +52,31 @@ pub struct Config {
     /// cache. On by default; off, every metric query is computed from the
     /// database (the uncached path, for comparison in `bench/`).
     pub hot_cache: bool,
+    pub live: LiveConfig,
+}
+
+/// Subscriptions and their sockets (`PULSE_LIVE_*`, `PULSE_WS_*`).
+#[derive(Clone, Debug)]
+pub struct LiveConfig {
+    /// How long a watcher gathers bus messages before it recomputes.
+    pub debounce: Duration,
+    /// How often watchers recompute while other processes' messages may
+    /// not arrive (the Redis relay is down).
+    pub fallback_every: Duration,
+    /// Pings on each socket this often; a socket silent for two intervals
+    /// is closed, and the caller's token, user and tenant are checked again.
+    pub keepalive: Duration,
+    /// How long a new socket may wait before `connection_init`.
+    pub init_timeout: Duration,
+    /// Most subscriptions on one socket.
+    pub per_connection: usize,
+    /// Most sockets of one tenant on this instance.
+    pub connections_per_tenant: usize,
+    /// Most subscriptions of one tenant on this instance.
+    pub subscriptions_per_tenant: usize,
+    /// Events an `eventStream` subscriber may fall behind by before it is
+    /// closed as too slow.
+    pub stream_buffer: usize,
 }
 
 /// When `serve` seeds the demo data (see API.md, "startup").
@@ -327,6 +352,46 @@ impl Config {
                 30_000,
                 100..=3_600_000,
             )?),
+            live: LiveConfig {
+                debounce: Duration::from_millis(number(
+                    &get,
+                    "PULSE_LIVE_DEBOUNCE_MS",
+                    250,
+                    0..=10_000,
+                )?),
+                fallback_every: Duration::from_millis(number(
+                    &get,
+                    "PULSE_LIVE_FALLBACK_MS",
+                    5_000,
+                    100..=600_000,
+                )?),
+                keepalive: Duration::from_millis(number(
+                    &get,
+                    "PULSE_WS_KEEPALIVE_MS",
+                    15_000,
+                    100..=600_000,
+                )?),
+                init_timeout: Duration::from_millis(number(
+                    &get,
+                    "PULSE_WS_INIT_TIMEOUT_MS",
+                    10_000,
+                    100..=600_000,
+                )?),
+                per_connection: number(&get, "PULSE_WS_MAX_SUBSCRIPTIONS", 100, 1..=100_000)?,
+                connections_per_tenant: number(
+                    &get,
+                    "PULSE_WS_MAX_CONNECTIONS_PER_TENANT",
+                    2_000,
+                    1..=1_000_000,
+                )?,
+                subscriptions_per_tenant: number(
+                    &get,
+                    "PULSE_MAX_SUBSCRIPTIONS_PER_TENANT",
+                    5_000,
+                    1..=1_000_000,
+                )?,
+                stream_buffer: number(&get, "PULSE_LIVE_STREAM_BUFFER", 1_000, 1..=1_000_000)?,
+            },
         })
     }
 }

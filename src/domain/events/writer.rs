@@ -294,7 +294,7 @@ impl Worker {
                 to: t.to,
                 count: t.count,
             };
-            if let Err(e) = self.bus.publish(tenant_id, Topic::Events, &message).await {
+            if let Err(e) = self.bus.publish(tenant_id, Topic::Events, &message) {
                 tracing::warn!(error = %e, %tenant_id, "cannot publish committed events");
             }
         }
