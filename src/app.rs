@@ -59,7 +59,9 @@ pub struct App {
     /// The group-commit writer every ingestion path goes through.
     pub writer: Writer,
     /// Each tenant's share of concurrent analytic queries.
-    pub analytics_gate: TenantGate,
+    pub analytics_gate: Arc<TenantGate>,
+    /// Subscriptions: metric watchers, event tails, socket limits.
+    pub live: crate::domain::live::Live,
     /// The demo ADMIN token GraphiQL opens with. `serve` mints it after the
     /// server is built (it needs the seeded admin), hence set-once rather
     /// than a plain field; only [`App::offer_demo_token`] sets it.
@@ -161,12 +163,25 @@ impl AppState {
                 counters: metrics.budget_counters(),
             },
         };
-        let analytics_gate = TenantGate::new(
+        let analytics_gate = Arc::new(TenantGate::new(
             config.analytics.tenant_concurrency,
             config.analytics.queue_wait,
+        ));
+        let live = crate::domain::live::Live::new(
+            crate::domain::live::LiveParts {
+                db: db.clone(),
+                bus: bus.clone(),
+                services: analytics.clone(),
+                gate: analytics_gate.clone(),
+                query_timeout: config.query_timeout,
+                max_span: config.analytics.max_range,
+                counters: metrics.live.clone(),
+            },
+            config.live.clone(),
         );
         Ok(AppState(Arc::new(App {
             analytics_gate,
+            live,
             config,
             db,
             redis,

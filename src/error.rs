@@ -72,6 +72,13 @@ pub enum AppError {
     /// In allow-list mode, a document that is not registered.
     #[error("{0}")]
     NotInAllowList(String),
+    /// Over a limit on open things (sockets, subscriptions): close one
+    /// first.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// A subscriber that fell too far behind and was closed.
+    #[error("{0}")]
+    SlowConsumer(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -118,6 +125,8 @@ impl AppError {
             AppError::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
             AppError::PersistedQueryHashMismatch => "PERSISTED_QUERY_HASH_MISMATCH",
             AppError::NotInAllowList(_) => "PERSISTED_QUERY_NOT_IN_LIST",
+            AppError::LimitExceeded(_) => "LIMIT_EXCEEDED",
+            AppError::SlowConsumer(_) => "SLOW_CONSUMER",
             AppError::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -136,6 +145,8 @@ impl AppError {
             AppError::Unauthenticated(m) => AppError::Unauthenticated(m.clone()),
             AppError::Forbidden(m) => AppError::Forbidden(m.clone()),
             AppError::TenantSuspended => AppError::TenantSuspended,
+            AppError::LimitExceeded(m) => AppError::LimitExceeded(m.clone()),
+            AppError::SlowConsumer(m) => AppError::SlowConsumer(m.clone()),
             AppError::BadInput { field, message } => AppError::BadInput {
                 field: field.clone(),
                 message: message.clone(),

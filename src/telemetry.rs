@@ -94,6 +94,8 @@ pub struct Metrics {
     pub metric_query_seconds: Family<SourceLabels, Histogram, fn() -> Histogram>,
     /// What persisted queries (APQ and the operation allow-list) did.
     pub persisted: crate::cache::persisted::PersistedCounters,
+    /// Sockets, subscriptions, watchers and their work.
+    pub live: crate::domain::live::LiveCounters,
 }
 
 /// Distinct operation names labelled by default (`PULSE_METRICS_MAX_OPERATIONS`).
@@ -292,7 +294,39 @@ impl Metrics {
             "Redis calls of the persisted-query store that failed or timed out (read as not found)",
             persisted.errors.clone(),
         );
+        let live = crate::domain::live::LiveCounters::default();
+        registry.register(
+            "ws_connections",
+            "Open GraphQL WebSocket connections (past connection_init)",
+            live.connections.clone(),
+        );
+        registry.register(
+            "subscriptions_active",
+            "Active GraphQL subscriptions of every kind",
+            live.subscriptions.clone(),
+        );
+        registry.register(
+            "live_watchers",
+            "Running metric watchers (distinct tenant and normalized query)",
+            live.watchers.clone(),
+        );
+        registry.register(
+            "live_recomputations",
+            "Metric recomputations by watchers (one per change, whatever the subscribers)",
+            live.recomputations.clone(),
+        );
+        registry.register(
+            "subscription_messages",
+            "Subscription messages handed to subscribers",
+            live.messages.clone(),
+        );
+        registry.register(
+            "subscription_slow_consumers",
+            "Subscribers closed for falling behind their buffer",
+            live.slow_consumers.clone(),
+        );
         Metrics {
+            live,
             persisted,
             registry,
             metric_queries,

@@ -168,68 +168,6 @@ async fn an_event_acknowledged_by_one_instance_is_read_by_another() {
     assert_eq!(recomputed, vec![day(2)]);
 }
 
-/// A Redis of the test's own, on a free port, that it can pause, stop and
-/// start again.
-struct OwnRedis {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl OwnRedis {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut redis = OwnRedis { port, child: None };
-        redis.restart();
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (installed on the CI machine)");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if self.cli(&["PING"]).is_some_and(|o| o.contains("PONG")) {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("redis-server did not start on port {}", self.port);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .ok()?;
-        Some(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 async fn cache_errors(app: &TestApp) -> f64 {
     app.counter("pulse_cache_errors_total").await
 }

@@ -18,6 +18,7 @@ mod http;
 mod isolation;
 mod journeys;
 mod limits;
+mod live;
 mod metrics;
 mod persisted;
 mod plans;

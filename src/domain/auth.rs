@@ -130,15 +130,28 @@ impl VerifiedTokens {
         keys: &JwtKeys,
         token: &str,
     ) -> AppResult<TenantCtx> {
+        self.authenticate_until(db, keys, token)
+            .await
+            .map(|(ctx, _)| ctx)
+    }
+
+    /// [`Self::authenticate`], with the token's expiry (`exp`, Unix
+    /// seconds): a socket is closed then.
+    pub async fn authenticate_until(
+        &self,
+        db: &DatabaseConnection,
+        keys: &JwtKeys,
+        token: &str,
+    ) -> AppResult<(TenantCtx, u64)> {
         let now = chrono::Utc::now().timestamp().max(0) as u64;
         if let Some((ctx, exp)) = self.cache.get(token)
             && exp > now
         {
-            return Ok(ctx);
+            return Ok((ctx, exp));
         }
         let (ctx, exp) = verify(db, keys, token).await?;
         self.cache.insert(token.to_owned(), (ctx.clone(), exp));
-        Ok(ctx)
+        Ok((ctx, exp))
     }
 
     /// Drops every entry: called after a change to a tenant or a user.

@@ -8,6 +8,7 @@ pub mod dashboards;
 pub mod demo;
 pub mod events;
 pub mod limits;
+pub mod live;
 pub mod metrics;
 pub mod page;
 pub mod persisted;

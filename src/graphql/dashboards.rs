@@ -34,6 +34,7 @@ use crate::domain::page::{Page, PageRequest, encode_cursor};
 use crate::domain::saved_queries::{self as saved_domain, Parameter};
 use crate::entities::{dashboard_permission, dashboard_version, share_link, user};
 use crate::error::AppError;
+use crate::realtime::{DashboardChange, DashboardChanged, Topic};
 
 #[derive(Enum, Copy, Clone, Debug, Eq, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -988,6 +989,7 @@ impl DashboardMutation {
             expected_version,
         )
         .await?;
+        changed(ctx, &updated, DashboardChange::Edited);
         Ok(plain(updated))
     }
 
@@ -997,7 +999,18 @@ impl DashboardMutation {
         let Ok(id) = parse_id("id", &id) else {
             return Ok(false);
         };
-        Ok(dashboards::delete(&state(ctx)?.db, tenant(ctx)?, meta(ctx), id).await?)
+        let deleted = dashboards::delete(&state(ctx)?.db, tenant(ctx)?, meta(ctx), id).await?;
+        if deleted {
+            let message = DashboardChanged {
+                dashboard_id: id,
+                version: 0,
+                change: DashboardChange::Deleted,
+            };
+            let _ = state(ctx)?
+                .bus
+                .publish(tenant(ctx)?.tenant_id, Topic::Dashboards, &message);
+        }
+        Ok(deleted)
     }
 
     /// Grants a user of the tenant a permission (needs SHARE; no one
@@ -1020,15 +1033,16 @@ impl DashboardMutation {
             permission.into(),
         )
         .await?;
+        changed(ctx, &shared, DashboardChange::Permissions);
         Ok(plain(shared))
     }
 
     #[graphql(guard = "RoleGuard::new(Role::Editor)")]
     async fn publish_dashboard(&self, ctx: &Context<'_>, id: ID) -> Result<Dashboard> {
         let id = parse_id("id", &id)?;
-        Ok(plain(
-            dashboards::publish(&state(ctx)?.db, tenant(ctx)?, meta(ctx), id).await?,
-        ))
+        let published = dashboards::publish(&state(ctx)?.db, tenant(ctx)?, meta(ctx), id).await?;
+        changed(ctx, &published, DashboardChange::Edited);
+        Ok(plain(published))
     }
 
     /// A private copy, owned by the caller.
@@ -1103,8 +1117,135 @@ impl DashboardMutation {
         version: i32,
     ) -> Result<Dashboard> {
         let id = parse_id("id", &id)?;
-        Ok(plain(
-            dashboards::restore(&state(ctx)?.db, tenant(ctx)?, meta(ctx), id, version).await?,
-        ))
+        let restored =
+            dashboards::restore(&state(ctx)?.db, tenant(ctx)?, meta(ctx), id, version).await?;
+        changed(ctx, &restored, DashboardChange::Edited);
+        Ok(plain(restored))
+    }
+}
+
+/// Tells `dashboardUpdated` subscribers (on every instance) of a change.
+fn changed(ctx: &Context<'_>, d: &dashboards::Dashboard, change: DashboardChange) {
+    let message = DashboardChanged {
+        dashboard_id: d.model.id,
+        version: d.model.version,
+        change,
+    };
+    if let Ok(app) = state(ctx)
+        && let Err(e) = app
+            .bus
+            .publish(d.model.tenant_id, Topic::Dashboards, &message)
+    {
+        tracing::warn!(error = %e, "cannot publish a dashboard change");
+    }
+}
+
+/// `dashboardUpdated`: the dashboard now, then again after each edit and
+/// each commit of events its widgets read (debounced); ends with
+/// `NOT_FOUND` once it is deleted or no longer visible to the caller
+/// (checked again whenever its grants change).
+pub(super) async fn updated(
+    ctx: &Context<'_>,
+    id: ID,
+) -> Result<impl futures_util::Stream<Item = Result<Dashboard>> + use<>> {
+    use futures_util::StreamExt as _;
+    let caller = tenant(ctx)?.clone();
+    let app = state(ctx)?.clone();
+    let id = parse_id("id", &id)?;
+    let first = dashboards::find(&app.db, &caller, id)
+        .await?
+        .ok_or(AppError::NotFound("dashboard"))?;
+    let slot = app.live.subscribe(
+        &caller,
+        ctx.data_opt::<crate::domain::live::ConnectionSlot>(),
+    )?;
+    let debounce = app.config.live.debounce;
+    let mut edits = app.bus.receiver(caller.tenant_id, Topic::Dashboards);
+    let mut events = app.bus.receiver(caller.tenant_id, Topic::Events);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Dashboard>>(1);
+    let watcher = async move {
+        let _held = slot;
+        let mut types = read_types(&first);
+        if tx.send(Ok(plain(first))).await.is_err() {
+            return;
+        }
+        loop {
+            let wake = tokio::select! {
+                () = tx.closed() => return,
+                msg = edits.recv() => match msg {
+                    Ok(raw) => serde_json::from_str::<DashboardChanged>(&raw)
+                        .is_ok_and(|m| m.dashboard_id == id),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(_) => return,
+                },
+                msg = events.recv() => match msg {
+                    Ok(raw) => serde_json::from_str::<crate::realtime::EventsCommitted>(&raw)
+                        .is_ok_and(|m| types.as_ref().is_none_or(|t| m.types.iter().any(|x| t.contains(x)))),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(_) => return,
+                },
+            };
+            if !wake {
+                continue;
+            }
+            tokio::time::sleep(debounce).await;
+            let found = dashboards::find(&app.db, &caller, id).await;
+            let next = match found {
+                Ok(Some(d)) => {
+                    types = read_types(&d);
+                    Ok(plain(d))
+                }
+                Ok(None) => Err(AppError::NotFound("dashboard").into()),
+                Err(e) => Err(e.into()),
+            };
+            let last = next.is_err();
+            if tx.send(next).await.is_err() || last {
+                return;
+            }
+        }
+    };
+    tokio::spawn(watcher);
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+}
+
+/// The event types a dashboard's widgets read, or `None` when some
+/// widget may read any (no type filter, or a saved query's).
+fn read_types(d: &dashboards::Dashboard) -> Option<Vec<String>> {
+    let widgets: Vec<StoredWidget> =
+        serde_json::from_value(d.model.widgets.clone()).unwrap_or_default();
+    let mut types = Vec::new();
+    for w in &widgets {
+        if w.saved_query_id.is_some() || !collect_types(&w.definition, &mut types) {
+            return None;
+        }
+    }
+    Some(types)
+}
+
+/// Adds the event types `definition` names to `out`; false when some
+/// metric query in it names none (it reads every type).
+fn collect_types(definition: &Value, out: &mut Vec<String>) -> bool {
+    match definition {
+        Value::Object(map) => {
+            let mut bounded = true;
+            if map.contains_key("measure") && !map.contains_key("eventTypes") {
+                bounded = false;
+            }
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("eventTypes", Value::Array(items)) => {
+                        out.extend(items.iter().filter_map(Value::as_str).map(str::to_owned))
+                    }
+                    ("eventTypes", Value::Null) => bounded = false,
+                    ("eventType" | "startEvent" | "returnEvent", Value::String(s)) => {
+                        out.push(s.clone());
+                    }
+                    _ => bounded &= collect_types(value, out),
+                }
+            }
+            bounded
+        }
+        Value::Array(items) => items.iter().all(|v| collect_types(v, out)),
+        _ => true,
     }
 }

@@ -77,7 +77,7 @@ pub struct EventFilterInput {
 }
 
 impl EventFilterInput {
-    fn into_domain(self) -> Result<EventFilter, AppError> {
+    pub(crate) fn into_domain(self) -> Result<EventFilter, AppError> {
         let properties = match self.properties {
             None | Some(Json(Value::Null)) => None,
             Some(Json(Value::Object(map))) => Some(map),

@@ -260,6 +260,7 @@ impl Extension for ErrorCodesExtension {
         mut request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
+        super::guard::refresh_socket_caller(ctx, &mut request).await?;
         super::persisted::gate(ctx, &request).await?;
         super::rates::admit(ctx, &mut request).await?;
         next.run(ctx, request.data(self.log.clone())).await

@@ -55,6 +55,33 @@ impl Caller {
     }
 }
 
+/// In a socket's connection data: the token its `connection_init`
+/// carried. Each operation over the socket authenticates it again (as
+/// every HTTP request does), so a lowered role, a disabled user or a
+/// suspended tenant holds for the socket's next operation too.
+pub struct SocketToken(pub String);
+
+/// For an operation over a socket: the caller as of now, put into the
+/// operation's own data (which fields read before the connection's), or
+/// the operation's refusal. Run by the request extension as it prepares.
+pub(super) async fn refresh_socket_caller(
+    ctx: &async_graphql::extensions::ExtensionContext<'_>,
+    request: &mut async_graphql::Request,
+) -> async_graphql::ServerResult<()> {
+    let (Some(SocketToken(token)), Some(app)) =
+        (ctx.data_opt::<SocketToken>(), ctx.data_opt::<AppState>())
+    else {
+        return Ok(());
+    };
+    match app.tokens.authenticate(&app.db, &app.keys, token).await {
+        Ok(caller) => {
+            request.data.insert(Caller::Authenticated(caller));
+            Ok(())
+        }
+        Err(e) => Err(super::persisted::Refused::new(&e).0),
+    }
+}
+
 /// The verified caller of this request, or the reason there is none.
 pub fn tenant<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a TenantCtx> {
     static ANONYMOUS: Caller = Caller::Anonymous;

@@ -183,6 +183,10 @@ pub struct MetricResult {
     /// Served from the hot-metric cache.
     cached: bool,
     computed_at: DateTime<Utc>,
+    /// In a `metricUpdated` stream, this result's place: 1 for the first,
+    /// one more for each different result after it, so a gap shows a
+    /// missed message. Null outside subscriptions.
+    pub(crate) sequence: Option<i64>,
 }
 
 impl From<metrics::MetricResult> for MetricResult {
@@ -204,6 +208,7 @@ impl From<metrics::MetricResult> for MetricResult {
             total: r.total,
             cached: r.cache.as_ref().is_some_and(|c| c.complete),
             computed_at: r.computed_at,
+            sequence: None,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod demo;
 mod events;
 mod extension;
 mod guard;
+mod live;
 mod loaders;
 mod metrics;
 pub mod persisted;
@@ -26,10 +27,10 @@ mod users;
 use std::sync::Arc;
 
 use async_graphql::parser::types::ExecutableDocument;
-use async_graphql::{EmptySubscription, MergedObject, Schema};
+use async_graphql::{MergedObject, MergedSubscription, Schema};
 
 pub use extension::{ErrorCodes, Executed};
-pub use guard::{Caller, RoleGuard};
+pub use guard::{Caller, RoleGuard, SocketToken};
 pub use session::MeOnce;
 
 use crate::app::AppState;
@@ -60,7 +61,10 @@ pub struct Mutation(
     persisted::PersistedOperationMutation,
 );
 
-pub type PulseSchema = Schema<Query, Mutation, EmptySubscription>;
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(live::LiveSubscription);
+
+pub type PulseSchema = Schema<Query, Mutation, Subscription>;
 
 /// The complexity of one `metrics` field: a database query, worth a
 /// hundred plain fields, so the complexity budget also bounds how many one
@@ -161,18 +165,22 @@ pub fn build(state: Option<AppState>, limits: &Limits) -> PulseSchema {
         .as_ref()
         .map_or(usize::MAX, |s| s.config.analytics.max_fields);
     let max_nesting = max_nesting(limits);
-    let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
-        .limit_depth(limits.max_depth)
-        .limit_complexity(limits.max_complexity)
-        // Selections nest up to the depth limit and input values a little
-        // further; the lexical check refuses deeper documents before the
-        // parser runs, and the parser's own bound backs it.
-        .limit_recursive_depth(max_nesting)
-        .extension(ErrorCodes {
-            max_nesting,
-            max_tokens: limits.max_tokens,
-            max_fields,
-        });
+    let mut builder = Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .limit_depth(limits.max_depth)
+    .limit_complexity(limits.max_complexity)
+    // Selections nest up to the depth limit and input values a little
+    // further; the lexical check refuses deeper documents before the
+    // parser runs, and the parser's own bound backs it.
+    .limit_recursive_depth(max_nesting)
+    .extension(ErrorCodes {
+        max_nesting,
+        max_tokens: limits.max_tokens,
+        max_fields,
+    });
     if let Some(state) = state {
         builder = builder
             .data(loaders::UserLoader::new(state.db.clone()))

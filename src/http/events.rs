@@ -33,7 +33,9 @@ pub fn error_response(err: AppError) -> Response {
         AppError::VersionConflict { .. } => StatusCode::CONFLICT,
         AppError::QuotaExceeded(_)
         | AppError::RateLimited { .. }
-        | AppError::QueryTooExpensive { .. } => StatusCode::TOO_MANY_REQUESTS,
+        | AppError::QueryTooExpensive { .. }
+        | AppError::LimitExceeded(_)
+        | AppError::SlowConsumer(_) => StatusCode::TOO_MANY_REQUESTS,
         AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         AppError::QueryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

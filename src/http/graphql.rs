@@ -1,4 +1,4 @@
-//! GraphQL over HTTP (POST and GET) and over WebSocket; `GET` hands
+//! GraphQL over HTTP (POST and GET; the WebSocket is `super::ws`); `GET` hands
 //! browsers to the GraphiQL page (`super::graphiql`).
 //!
 //! The handlers own what async-graphql leaves to the transport: the body
@@ -6,20 +6,13 @@
 //! request facts the audit trail records, span fields, and metrics.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use async_graphql::http::{
-    ALL_WEBSOCKET_PROTOCOLS, WebSocket as GraphQLWs, WebSocketProtocols as Protocols, WsMessage,
-};
-use async_graphql::{BatchRequest, BatchResponse, Data, Request as GqlRequest};
+use async_graphql::{BatchRequest, BatchResponse, Request as GqlRequest};
 use axum::body::{Body, Bytes};
-use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 
 use super::persisted;
@@ -39,7 +32,7 @@ const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 
 /// An error answered before GraphQL execution, shaped like a GraphQL
 /// response so clients handle one format.
-fn transport_error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(super) fn transport_error(status: StatusCode, code: &str, message: &str) -> Response {
     let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
     (status, axum::Json(body)).into_response()
 }
@@ -74,7 +67,7 @@ async fn caller(state: &HttpState, headers: &HeaderMap) -> Caller {
     Caller::from_result(result)
 }
 
-fn request_meta(
+pub(super) fn request_meta(
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
     id: Option<&RequestId>,
@@ -436,186 +429,4 @@ fn operation_name(request: &mut GqlRequest, limits: &Limits) -> Option<String> {
 fn is_mutation(request: &mut GqlRequest, limits: &Limits) -> bool {
     use async_graphql::parser::types::OperationType;
     graphql::operation_type(request, limits).is_some_and(|t| t != OperationType::Query)
-}
-
-/// A close frame's reason must fit its control frame: at most 123 bytes,
-/// cut on a character boundary (a longer one would fail to send, and the
-/// client would see a bare reset instead of the code).
-fn close_reason(reason: &str) -> &str {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    &reason[..end]
-}
-
-/// Close code for a missing or bad token on the socket.
-const CLOSE_FORBIDDEN: u16 = 4403;
-/// Close code for an operation sent before the connection was initialised.
-const CLOSE_UNAUTHORIZED: u16 = 4401;
-
-pub async fn websocket(
-    State(state): State<HttpState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    request_id: Option<axum::Extension<RequestId>>,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    let Some(protocol) = subprotocol(&headers) else {
-        return transport_error(
-            StatusCode::BAD_REQUEST,
-            "BAD_USER_INPUT",
-            "Sec-WebSocket-Protocol must offer graphql-transport-ws or graphql-ws",
-        );
-    };
-    let meta = request_meta(&headers, Some(peer), request_id.as_ref().map(|e| &e.0));
-    upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| serve_socket(state, socket, protocol, meta))
-}
-
-/// The first GraphQL subprotocol the client offers.
-fn subprotocol(headers: &HeaderMap) -> Option<Protocols> {
-    headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|p| p.trim().parse::<Protocols>().ok())
-}
-
-/// The async-graphql WebSocket pump, with the token checked at
-/// `connection_init` and a refusal closing the socket with 4403 on both
-/// protocols (the library would use 1002, or no close at all).
-async fn serve_socket(
-    state: HttpState,
-    socket: axum::extract::ws::WebSocket,
-    protocol: Protocols,
-    meta: RequestMeta,
-) {
-    let (mut sink, mut stream) = socket.split();
-    // A reader of its own, so that after the server's close frame the
-    // client's remaining frames (and its close) are still read: dropping a
-    // socket with unread data resets the connection, and the client would
-    // lose the close frame with its code.
-    let (frames, input) = tokio::sync::mpsc::channel::<Bytes>(32);
-    let reader = tokio::spawn(async move {
-        while let Some(Ok(msg)) = stream.next().await {
-            match msg {
-                Message::Text(_) | Message::Binary(_) => {
-                    // After the close the pump is gone; keep draining.
-                    let _ = frames.send(msg.into_data()).await;
-                }
-                // Reading on after the client's close lets tungstenite
-                // send its reply; the stream then ends.
-                Message::Close(_) | Message::Ping(_) | Message::Pong(_) => {}
-            }
-        }
-    });
-    let input = tokio_stream::wrappers::ReceiverStream::new(input);
-    let refused = Arc::new(AtomicBool::new(false));
-    let on_init = {
-        let refused = refused.clone();
-        let state = state.clone();
-        move |payload: serde_json::Value| async move {
-            let token = payload
-                .get("authorization")
-                .or_else(|| payload.get("Authorization"))
-                .and_then(|v| v.as_str())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim)
-                .filter(|t| !t.is_empty());
-            let result = match token {
-                Some(token) => {
-                    state
-                        .app
-                        .tokens
-                        .authenticate(&state.app.db, &state.app.keys, token)
-                        .await
-                }
-                None => Err(AppError::Unauthenticated(
-                    "connection_init payload needs {\"authorization\": \"Bearer <jwt>\"}".into(),
-                )),
-            };
-            match result {
-                Ok(ctx) => {
-                    tracing::debug!(tenant = %ctx.tenant_slug, "websocket authenticated");
-                    let mut data = Data::default();
-                    data.insert(Caller::Authenticated(ctx));
-                    Ok(data)
-                }
-                Err(err) => {
-                    refused.store(true, Ordering::SeqCst);
-                    Err(async_graphql::Error::new(err.to_string()))
-                }
-            }
-        }
-    };
-    let mut connection_data = Data::default();
-    connection_data.insert(meta);
-    let messages = GraphQLWs::new(state.schema.clone(), input, protocol)
-        .connection_data(connection_data)
-        .on_connection_init(on_init);
-    // Boxed, so it can be dropped (and stop holding the frames' receiver)
-    // before the closing handshake.
-    let mut messages = Box::pin(messages);
-    let mut closed = false;
-    while let Some(msg) = messages.next().await {
-        let frame = match msg {
-            WsMessage::Text(text) => Message::Text(text.into()),
-            WsMessage::Close(code, reason) => {
-                let code = if refused.load(Ordering::SeqCst) {
-                    CLOSE_FORBIDDEN
-                } else if code == 1011 {
-                    // The library's 1011 ("internal error") means an operation
-                    // arrived before `connection_init` was acknowledged, which
-                    // graphql-transport-ws answers with 4401 Unauthorized.
-                    CLOSE_UNAUTHORIZED
-                } else {
-                    code
-                };
-                closed = true;
-                Message::Close(Some(CloseFrame {
-                    code,
-                    reason: close_reason(&reason).into(),
-                }))
-            }
-        };
-        if sink.send(frame).await.is_err() {
-            drop(messages);
-            finish_close(reader).await;
-            return;
-        }
-    }
-    drop(messages);
-    // The library's pump may end without a close of its own (the legacy
-    // protocol reports a refusal as a `connection_error` message and stops;
-    // `connection_terminate`; an unreadable frame): close the socket
-    // properly, with 4403 for a refusal, so no client sees a bare reset.
-    if !closed {
-        let (code, reason) = if refused.load(Ordering::SeqCst) {
-            (CLOSE_FORBIDDEN, "forbidden")
-        } else {
-            (1000, "")
-        };
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
-    }
-    finish_close(reader).await;
-}
-
-/// Waits briefly for the client's side of the closing handshake (its close
-/// frame, or the end of its stream) before the socket is dropped.
-async fn finish_close(reader: tokio::task::JoinHandle<()>) {
-    let abort = reader.abort_handle();
-    if tokio::time::timeout(std::time::Duration::from_secs(2), reader)
-        .await
-        .is_err()
-    {
-        abort.abort();
-    }
 }

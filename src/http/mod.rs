@@ -20,6 +20,7 @@ pub mod graphiql;
 mod graphql;
 mod ops;
 mod persisted;
+mod ws;
 
 use std::any::Any;
 use std::time::Duration;
@@ -111,7 +112,7 @@ pub fn router(app: AppState, schema: PulseSchema) -> Router {
             "/graphql",
             get(graphql::get_graphql).post(graphql::post_graphql),
         )
-        .route("/graphql/ws", get(graphql::websocket))
+        .route("/graphql/ws", get(ws::websocket))
         .route("/graphiql/{file}", get(graphiql::asset))
         .route("/v1/events", post(events::post_events))
         .fallback(ops::not_found)

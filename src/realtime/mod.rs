@@ -38,16 +38,30 @@ pub enum Topic {
     Dashboards,
     /// An alert changed state ([`AlertTransition`]).
     Alerts,
+    /// The committed events themselves, for live tails: published only
+    /// while some process tails the tenant ([`Bus::heard`]).
+    Stream,
+    /// "This process tails the tenant": lets writers elsewhere know that
+    /// [`Topic::Stream`] has listeners ([`Bus::announce`]).
+    Interest,
 }
 
 impl Topic {
-    const ALL: [Topic; 3] = [Topic::Events, Topic::Dashboards, Topic::Alerts];
+    const ALL: [Topic; 5] = [
+        Topic::Events,
+        Topic::Dashboards,
+        Topic::Alerts,
+        Topic::Stream,
+        Topic::Interest,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             Topic::Events => "events",
             Topic::Dashboards => "dashboards",
             Topic::Alerts => "alerts",
+            Topic::Stream => "stream",
+            Topic::Interest => "interest",
         }
     }
 
@@ -125,7 +139,16 @@ pub struct Bus {
     /// Whether messages of other processes reach this one; always true
     /// without Redis (there are none).
     health: watch::Receiver<bool>,
+    /// Topics other processes listen to, per tenant, and until when (they
+    /// say so again every [`INTEREST_EVERY`]).
+    interest: Interest,
 }
+
+type Interest = Arc<Mutex<HashMap<(Uuid, String), std::time::Instant>>>;
+
+/// How often a process repeats that it listens to a tenant's topic; an
+/// interest not repeated for three times as long is forgotten.
+pub const INTEREST_EVERY: Duration = Duration::from_secs(10);
 
 /// Messages published while Redis is slow wait here, in order; past this
 /// many the newest are dropped (local subscribers have them already, and
@@ -149,6 +172,7 @@ impl Bus {
             local: MemoryBus::default(),
             relay: None,
             health,
+            interest: Interest::default(),
         }
     }
 
@@ -160,12 +184,20 @@ impl Bus {
         let local = MemoryBus::default();
         let (outbox, queue) = mpsc::channel(RELAY_QUEUE);
         let (health_tx, health) = watch::channel(false);
+        let interest = Interest::default();
         tokio::spawn(publisher(conn, queue));
-        tokio::spawn(listener(client, local.clone(), origin, health_tx));
+        tokio::spawn(listener(
+            client,
+            local.clone(),
+            origin,
+            health_tx,
+            interest.clone(),
+        ));
         Bus {
             local,
             relay: Some(Relay { origin, outbox }),
             health,
+            interest,
         }
     }
 
@@ -207,7 +239,11 @@ impl Bus {
     }
 
     /// Typed messages on the tenant's channel; malformed ones are skipped.
-    pub fn subscribe_to<T>(&self, tenant: Uuid, topic: Topic) -> Pin<Box<dyn Stream<Item = T> + Send>>
+    pub fn subscribe_to<T>(
+        &self,
+        tenant: Uuid,
+        topic: Topic,
+    ) -> Pin<Box<dyn Stream<Item = T> + Send>>
     where
         T: for<'de> Deserialize<'de> + Send + 'static,
     {
@@ -223,6 +259,30 @@ impl Bus {
         self.health.clone()
     }
 
+    /// Whether anyone listens to the tenant's `topic`: here, or (as far
+    /// as their announcements tell) in another process. Lets a publisher
+    /// skip building messages nobody would read.
+    pub fn heard(&self, tenant: Uuid, topic: Topic) -> bool {
+        if self.local.listeners(&channel(tenant, topic)) > 0 {
+            return true;
+        }
+        let interest = self
+            .interest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        interest
+            .get(&(tenant, topic.as_str().to_owned()))
+            .is_some_and(|until| *until > std::time::Instant::now())
+    }
+
+    /// Tells the other processes that this one listens to the tenant's
+    /// `topic`; repeat every [`INTEREST_EVERY`] while it does.
+    pub fn announce(&self, tenant: Uuid, topic: Topic) {
+        if self.relay.is_some() {
+            let _ = self.publish(tenant, Topic::Interest, &topic.as_str());
+        }
+    }
+
     /// Whether this bus relays through Redis.
     pub fn is_shared(&self) -> bool {
         self.relay.is_some()
@@ -231,7 +291,10 @@ impl Bus {
 
 /// Sends the outbox to Redis in order; a failed or slow `PUBLISH` loses
 /// that message for the other processes only (logged once per outage).
-async fn publisher(mut conn: redis::aio::ConnectionManager, mut queue: mpsc::Receiver<(String, String)>) {
+async fn publisher(
+    mut conn: redis::aio::ConnectionManager,
+    mut queue: mpsc::Receiver<(String, String)>,
+) {
     let mut failing = false;
     while let Some((channel, payload)) = queue.recv().await {
         let sent = tokio::time::timeout(
@@ -254,7 +317,9 @@ async fn publisher(mut conn: redis::aio::ConnectionManager, mut queue: mpsc::Rec
             }
             Err(_) if !failing => {
                 failing = true;
-                tracing::warn!("bus: Redis publish timed out; other processes fall back to periodic recomputes");
+                tracing::warn!(
+                    "bus: Redis publish timed out; other processes fall back to periodic recomputes"
+                );
             }
             _ => {}
         }
@@ -270,6 +335,7 @@ async fn listener(
     local: MemoryBus,
     origin: Uuid,
     health: watch::Sender<bool>,
+    interest: Interest,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -306,8 +372,18 @@ async fn listener(
                         continue;
                     }
                     let name = msg.get_channel_name();
-                    if parse_channel(name).is_some() {
-                        local.publish(name, body.into());
+                    match parse_channel(name) {
+                        Some((tenant, Topic::Interest)) => {
+                            if let Ok(topic) = serde_json::from_str::<String>(body) {
+                                let until = std::time::Instant::now() + INTEREST_EVERY * 3;
+                                interest
+                                    .lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                    .insert((tenant, topic), until);
+                            }
+                        }
+                        Some(_) => local.publish(name, body.into()),
+                        None => {}
                     }
                 }
                 () = health.closed() => return,
@@ -343,6 +419,14 @@ impl MemoryBus {
             .entry(channel.to_owned())
             .or_insert_with(|| broadcast::channel(MEMORY_BACKLOG).0)
             .clone()
+    }
+
+    fn listeners(&self, channel: &str) -> usize {
+        self.channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(channel)
+            .map_or(0, broadcast::Sender::receiver_count)
     }
 
     fn publish(&self, channel: &str, payload: Arc<str>) {

@@ -69,6 +69,37 @@ pub struct NewEvent {
     pub received_at: DateTime<Utc>,
 }
 
+/// A committed event as live tails carry it over the bus
+/// (`realtime::Topic::Stream`): what `eventStream` subscribers see.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TailEvent {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub properties: Value,
+    pub received_at: DateTime<Utc>,
+    pub source: String,
+}
+
+impl From<&NewEvent> for TailEvent {
+    fn from(e: &NewEvent) -> Self {
+        TailEvent {
+            id: e.id,
+            event_type: e.event_type.clone(),
+            occurred_at: e.occurred_at,
+            user_id: e.user_id.clone(),
+            session_id: e.session_id.clone(),
+            properties: e.properties.clone(),
+            received_at: e.received_at,
+            source: e.source.as_str().to_owned(),
+        }
+    }
+}
+
 /// Validates a batch for the caller's tenant and commits it. Answers only
 /// once the events are durable.
 pub async fn ingest(

@@ -24,8 +24,8 @@ use serde::Serialize;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
-use super::NewEvent;
 use super::store::{Row, Store};
+use super::{NewEvent, TailEvent};
 use crate::cache::{HotCache, Mark};
 use crate::error::{AppError, AppResult};
 use crate::realtime::{Bus, EventsCommitted, Topic};
@@ -282,6 +282,9 @@ impl Worker {
             let marks: Vec<Mark> = t.marks.iter().cloned().collect();
             let _ = self.cache.bump(*tenant_id, &marks).await;
         }
+        // Live tails read the events themselves, which the replies below
+        // give back to their requests.
+        self.publish_tails(&rows, &stored);
         for (job, c) in jobs.into_iter().zip(counts) {
             let _ = job.reply.send(Ok(c));
         }
@@ -300,6 +303,37 @@ impl Worker {
         }
     }
 }
+
+impl Worker {
+    /// The committed events themselves, in commit order, for the tenants
+    /// some process tails (`eventStream`); nothing is built for the rest.
+    fn publish_tails(&self, rows: &[Row<'_>], stored: &HashSet<(Uuid, Uuid)>) {
+        let mut tails: HashMap<Uuid, Vec<TailEvent>> = HashMap::new();
+        let mut heard: HashMap<Uuid, bool> = HashMap::new();
+        for row in rows {
+            let tenant = row.tenant_id;
+            let listened = *heard
+                .entry(tenant)
+                .or_insert_with(|| self.bus.heard(tenant, Topic::Stream));
+            if listened && stored.contains(&(tenant, row.event.id)) {
+                tails
+                    .entry(tenant)
+                    .or_default()
+                    .push(TailEvent::from(row.event));
+            }
+        }
+        for (tenant, events) in tails {
+            for chunk in events.chunks(TAIL_CHUNK) {
+                if let Err(e) = self.bus.publish(tenant, Topic::Stream, &chunk) {
+                    tracing::warn!(error = %e, %tenant, "cannot publish the event tail");
+                }
+            }
+        }
+    }
+}
+
+/// Events per tail message: keeps each message small for Redis.
+const TAIL_CHUNK: usize = 500;
 
 struct Touched {
     types: BTreeSet<String>,

@@ -74,7 +74,7 @@ impl Source {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Series {
     /// Dimension name → value, e.g. `{"type": "purchase"}`; `{}` without
     /// `groupBy`; every dimension `"__other__"` for the rest.
