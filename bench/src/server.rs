@@ -104,6 +104,18 @@ impl ServerArgs {
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
 
+    /// The token `/metrics` wants, if any: `PULSE_METRICS_TOKEN` as the
+    /// server gets it (it inherits the environment, `--server-env` over it).
+    pub fn metrics_token(&self) -> Option<String> {
+        self.server_env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PULSE_METRICS_TOKEN")
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var("PULSE_METRICS_TOKEN").ok())
+            .filter(|t| !t.is_empty())
+    }
+
     pub async fn start(&self) -> anyhow::Result<Server> {
         let child = self
             .command()
