@@ -116,7 +116,7 @@ pub enum ClientKind {
     Reqwest,
 }
 
-fn parse_duration(raw: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let (number, unit) = raw
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -981,7 +981,7 @@ async fn graphql(base: &str, token: &str, body: Value) -> anyhow::Result<Value> 
 }
 
 /// Busy and total CPU ticks of the whole machine (`/proc/stat`).
-fn machine_ticks() -> Option<(u64, u64)> {
+pub(crate) fn machine_ticks() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
     let v: Vec<u64> = line
@@ -993,7 +993,7 @@ fn machine_ticks() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
