@@ -575,16 +575,7 @@ pub async fn run(args: DashboardArgs) -> anyhow::Result<()> {
     // saved query where missing.
     args.server.seed_demo().await?;
     let token = args.server.token(&args.tenant, "VIEWER").await?;
-    // The server inherits the environment, `--server-env` over it.
-    let metrics_token = args
-        .server
-        .server_env
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "PULSE_METRICS_TOKEN")
-        .map(|(_, v)| v.clone())
-        .or_else(|| std::env::var("PULSE_METRICS_TOKEN").ok())
-        .filter(|t| !t.is_empty());
+    let metrics_token = args.server.metrics_token();
     let server = args.server.start().await?;
     let client = Client {
         http: reqwest::Client::new(),

@@ -116,7 +116,7 @@ pub enum ClientKind {
     Reqwest,
 }
 
-fn parse_duration(raw: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let (number, unit) = raw
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -161,7 +161,8 @@ fn with_generous_limits(settings: Option<&str>) -> anyhow::Result<Value> {
     Ok(settings)
 }
 
-async fn raise_limits(database_url: &str, tenant: &str) -> anyhow::Result<()> {
+/// Gives each of `tenants` the [`generous_limits`], in the database.
+pub(crate) async fn raise_limits(database_url: &str, tenants: &[&str]) -> anyhow::Result<()> {
     let db = Database::connect(database_url).await?;
     let backend = db.get_database_backend();
     let (select, update) = match backend {
@@ -174,22 +175,24 @@ async fn raise_limits(database_url: &str, tenant: &str) -> anyhow::Result<()> {
             "UPDATE tenants SET settings = ? WHERE slug = ?",
         ),
     };
-    let row = db
-        .query_one_raw(Statement::from_sql_and_values(
+    for &tenant in tenants {
+        let row = db
+            .query_one_raw(Statement::from_sql_and_values(
+                backend,
+                select,
+                [tenant.into()],
+            ))
+            .await?
+            .with_context(|| format!("no tenant {tenant}"))?;
+        let text: Option<String> = row.try_get_by_index(0)?;
+        let settings = with_generous_limits(text.as_deref())?;
+        db.execute_raw(Statement::from_sql_and_values(
             backend,
-            select,
-            [tenant.into()],
+            update,
+            [settings.to_string().into(), tenant.into()],
         ))
-        .await?
-        .with_context(|| format!("no tenant {tenant}"))?;
-    let text: Option<String> = row.try_get_by_index(0)?;
-    let settings = with_generous_limits(text.as_deref())?;
-    db.execute_raw(Statement::from_sql_and_values(
-        backend,
-        update,
-        [settings.to_string().into(), tenant.into()],
-    ))
-    .await?;
+        .await?;
+    }
     // Fresh tables have no statistics: without them PostgreSQL plans the
     // budget's estimate over the aggregates with the wrong index (5 ms
     // instead of 0.5). Production has autovacuum; a fresh bench does not.
@@ -978,7 +981,7 @@ async fn graphql(base: &str, token: &str, body: Value) -> anyhow::Result<Value> 
 }
 
 /// Busy and total CPU ticks of the whole machine (`/proc/stat`).
-fn machine_ticks() -> Option<(u64, u64)> {
+pub(crate) fn machine_ticks() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
     let v: Vec<u64> = line
@@ -990,7 +993,7 @@ fn machine_ticks() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
@@ -1019,7 +1022,7 @@ pub async fn run(mut args: HttpArgs) -> anyhow::Result<()> {
         "http: demo data ready in {:.1} s (pulse seed-demo)",
         t.elapsed().as_secs_f64()
     );
-    raise_limits(&args.server.database_url, &args.tenant).await?;
+    raise_limits(&args.server.database_url, &[args.tenant.as_str()]).await?;
     let user = args
         .user
         .clone()

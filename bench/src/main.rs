@@ -8,6 +8,7 @@ mod ingest;
 mod load;
 mod queries;
 mod server;
+mod subscribe;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,9 @@ enum Scenario {
     /// Closed-loop GraphQL load on the hot path: cached and uncached
     /// metrics, a whole dashboard, optionally under ingestion.
     Http(http::HttpArgs),
+    /// WebSocket subscribers to live metrics under ingestion: delivery
+    /// latency, missed changes, recomputations, server CPU and RSS.
+    Subscribe(subscribe::SubscribeArgs),
 }
 
 #[tokio::main]
@@ -41,5 +45,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Queries(args) => queries::run(args).await,
         Scenario::Dashboard(args) => dashboard::run(args).await,
         Scenario::Http(args) => http::run(args).await,
+        Scenario::Subscribe(args) => subscribe::run(args).await,
     }
 }

@@ -104,6 +104,37 @@ impl ServerArgs {
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
 
+    /// Creates tenant `slug` with `pulse tenant create` (which applies the
+    /// migrations first); an existing slug is left as it is.
+    pub async fn create_tenant(&self, slug: &str, name: &str) -> anyhow::Result<()> {
+        let out = self
+            .command()
+            .args(["tenant", "create", "--slug", slug, "--name", name])
+            .stdout(Stdio::null())
+            .output()
+            .await
+            .with_context(|| format!("cannot run {}", self.pulse.display()))?;
+        if !out.status.success() {
+            bail!(
+                "pulse tenant create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// The token `/metrics` wants, if any: `PULSE_METRICS_TOKEN` as the
+    /// server gets it (it inherits the environment, `--server-env` over it).
+    pub fn metrics_token(&self) -> Option<String> {
+        self.server_env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PULSE_METRICS_TOKEN")
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var("PULSE_METRICS_TOKEN").ok())
+            .filter(|t| !t.is_empty())
+    }
+
     pub async fn start(&self) -> anyhow::Result<Server> {
         let child = self
             .command()
@@ -141,14 +172,12 @@ impl Server {
 
     /// Resident set size in MiB.
     pub fn rss_mib(&self) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        let kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .context("no VmRSS")?
-            .parse::<f64>()?;
-        Ok(kib / 1024.0)
+        rss_mib_of(&self.pid.to_string())
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// SIGTERM, then wait for the graceful shutdown.
@@ -173,4 +202,16 @@ pub fn cpu_seconds_of(pid: &str) -> anyhow::Result<f64> {
         Ok(fields.get(i).context("short /proc stat")?.parse::<f64>()?)
     };
     Ok((ticks(11)? + ticks(12)?) / CLOCK_TICKS_PER_SECOND)
+}
+
+/// Resident set size (`VmRSS`) of process `pid` (or `self`) in MiB.
+pub fn rss_mib_of(pid: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("no VmRSS")?
+        .parse::<f64>()?;
+    Ok(kib / 1024.0)
 }
