@@ -48,6 +48,9 @@ const CLOSE_INIT_TIMEOUT: u16 = 4408;
 /// The tenant has as many sockets open here as it may.
 const CLOSE_TOO_MANY: u16 = 4429;
 
+/// Each socket's read and write buffer to start with.
+const SOCKET_BUFFER: usize = 4 << 10;
+
 pub async fn websocket(
     State(state): State<HttpState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -63,7 +66,16 @@ pub async fn websocket(
         );
     };
     let meta = request_meta(&headers, Some(peer), request_id.as_ref().map(|e| &e.0));
+    let largest = state.app.config.limits.body_bytes;
     upgrade
+        // A live dashboard holds its socket for hours, mostly idle: small
+        // buffers (the defaults take 128 KiB each way per socket, over a
+        // gigabyte for ten thousand subscribers) that grow when a message
+        // needs it, and no message larger than a POST body may be.
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
+        .max_message_size(largest)
+        .max_frame_size(largest)
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| serve_socket(state, socket, protocol, meta))
 }
