@@ -41,7 +41,7 @@ use crate::domain::events::TailEvent;
 use crate::domain::events::query::EventFilter;
 use crate::domain::metrics::{self, MetricQuery, MetricResult, gate::TenantGate, plan};
 use crate::error::{AppError, AppResult};
-use crate::realtime::{Bus, EventsCommitted, Topic};
+use crate::realtime::{AlertTransition, Bus, EventsCommitted, Topic};
 
 /// What `/metrics` shows of live work.
 #[derive(Clone, Default)]
@@ -306,6 +306,49 @@ impl Live {
                             Some((Err(slow_consumer(buffer)), (rx, slow, true)))
                         }
                         None => None,
+                    }
+                }
+            },
+        ))
+    }
+}
+
+impl Live {
+    /// The tenant's alert transitions from now on, optionally of one
+    /// alert: what the alert evaluator publishes (`Topic::Alerts`) and the
+    /// `alertEvents` subscription streams. A subscriber more than the bus
+    /// backlog behind gets `SLOW_CONSUMER`.
+    pub fn alert_events(
+        &self,
+        ctx: &TenantCtx,
+        alert: Option<Uuid>,
+    ) -> Pin<Box<dyn Stream<Item = AppResult<AlertTransition>> + Send>> {
+        let rx = self.0.bus.receiver(ctx.tenant_id, Topic::Alerts);
+        let slow = self.0.counters.slow_consumers.clone();
+        Box::pin(futures_util::stream::unfold(
+            (rx, false),
+            move |(mut rx, done)| {
+                let slow = slow.clone();
+                async move {
+                    if done {
+                        return None;
+                    }
+                    loop {
+                        match rx.recv().await {
+                            Ok(raw) => {
+                                let Ok(t) = serde_json::from_str::<AlertTransition>(&raw) else {
+                                    continue;
+                                };
+                                if alert.is_none_or(|id| id == t.alert_id) {
+                                    return Some((Ok(t), (rx, false)));
+                                }
+                            }
+                            Err(broadcast::error::RecvError::Lagged(n)) => {
+                                slow.inc();
+                                return Some((Err(slow_consumer(n as usize)), (rx, true)));
+                            }
+                            Err(broadcast::error::RecvError::Closed) => return None,
+                        }
                     }
                 }
             },
@@ -627,6 +670,68 @@ mod tests {
             ..Default::default()
         };
         assert_ne!(normalized(&a), normalized(&c));
+    }
+
+    #[tokio::test]
+    async fn alert_events_reach_only_their_tenant_and_the_alert_asked_for() {
+        use futures_util::StreamExt as _;
+        let bus = Bus::memory();
+        let db = sea_orm::DatabaseConnection::default();
+        let m = crate::telemetry::Metrics::new();
+        let services = metrics::Services {
+            cache: None,
+            flights: crate::cache::flight::Flights::new(m.flights.clone()),
+            answers: metrics::cached::answers(),
+            prepared: metrics::cached::prepared_set(),
+            budgets: metrics::budget::Budgets {
+                limiter: crate::cache::rate::RateLimiter::memory(m.rates.clone()),
+                counters: m.budget_counters(),
+            },
+        };
+        let live = Live::new(
+            LiveParts {
+                db,
+                bus: bus.clone(),
+                services,
+                gate: Arc::new(TenantGate::new(1, Duration::from_secs(1))),
+                query_timeout: Duration::from_secs(1),
+                max_span: chrono::Duration::days(1),
+                counters: LiveCounters::default(),
+            },
+            crate::config::Config::from_lookup(|_| None)
+                .expect("defaults")
+                .live,
+        );
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let ctx = |tenant| TenantCtx {
+            tenant_id: tenant,
+            tenant_slug: "t".into(),
+            user_id: None,
+            actor: "test".into(),
+            role: Role::Viewer,
+            policy: Arc::default(),
+        };
+        let (watched, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut all_of_a = live.alert_events(&ctx(a), None);
+        let mut one_of_a = live.alert_events(&ctx(a), Some(watched));
+        let mut all_of_b = live.alert_events(&ctx(b), None);
+        let transition = |alert| AlertTransition {
+            alert_id: alert,
+            from: "OK".into(),
+            to: "FIRING".into(),
+            value: Some(1.0),
+            at: chrono::Utc::now(),
+        };
+        bus.publish(a, Topic::Alerts, &transition(other))
+            .expect("publish");
+        bus.publish(a, Topic::Alerts, &transition(watched))
+            .expect("publish");
+        let first = all_of_a.next().await.expect("one").expect("ok");
+        assert_eq!(first.alert_id, other);
+        let only = one_of_a.next().await.expect("one").expect("ok");
+        assert_eq!(only.alert_id, watched);
+        let quiet = tokio::time::timeout(Duration::from_millis(100), all_of_b.next()).await;
+        assert!(quiet.is_err(), "tenant b heard tenant a's alert");
     }
 
     #[test]
