@@ -20,6 +20,7 @@ mod journeys;
 mod limits;
 mod live;
 mod metrics;
+mod node_client;
 mod persisted;
 mod plans;
 mod rls;
