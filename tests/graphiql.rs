@@ -306,27 +306,27 @@ impl DevTools {
     }
 }
 
-#[tokio::test]
-async fn graphiql_runs_a_query_in_a_browser_that_can_reach_only_pulse() {
-    let Some(binary) = chromium() else {
+/// Chromium, or `None` after a skip line when it is missing; fails instead
+/// under `CI`.
+fn chromium_or_skip(test: &str) -> Option<PathBuf> {
+    let binary = chromium();
+    if binary.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
-            "chromium is not installed; install it (apt-get install -y chromium) to run the GraphiQL browser test"
+            "chromium is not installed; install it (apt-get install -y chromium) to run the GraphiQL browser tests"
         );
         // Straight to stderr: the test harness captures `eprintln!` of a
         // passing test, and a skip should be seen.
-        let _ = writeln!(
-            std::io::stderr(),
-            "graphiql browser test skipped: chromium not installed"
-        );
-        return;
-    };
-    let app = spawn_app().await;
-    let tenant = app.tenant("graphiql").await;
-    let token = app.token(&tenant, Role::Admin);
-    let origin = format!("http://{}", app.addr);
+        let _ = writeln!(std::io::stderr(), "{test} skipped: chromium not installed");
+    }
+    binary
+}
 
-    let mut browser = Browser::launch(&binary);
+/// A browser showing `app`'s GraphiQL page, its editors rendered (every
+/// script loaded and ran), with DevTools recording the page's network
+/// events.
+async fn open_graphiql(binary: &Path, app: &TestApp) -> (Browser, DevTools) {
+    let mut browser = Browser::launch(binary);
     let port = browser.devtools_port().await;
     let mut devtools = DevTools::connect(port).await;
     devtools.call("Network.enable", json!({})).await;
@@ -334,21 +334,29 @@ async fn graphiql_runs_a_query_in_a_browser_that_can_reach_only_pulse() {
     devtools
         .call("Page.navigate", json!({ "url": app.url("/graphql") }))
         .await;
-
-    // GraphiQL has rendered its editors: every script loaded and ran.
     devtools
         .wait_for(
             "!!(window.GraphiQL && document.querySelector('.graphiql-query-editor .CodeMirror'))",
             "",
         )
         .await;
+    (browser, devtools)
+}
 
-    // The test server has a configured secret, so the page opens without a
-    // header: put one in through the Headers tab, as a user would, and the
-    // query in the query editor (CodeMirror's own API, which is what
-    // GraphiQL reads when it executes).
+/// Puts `token` in the Headers tab as `Authorization: Bearer …`, as a user
+/// would (the test servers have a configured secret, so the page opens
+/// without a header), `variables` in the Variables tab when given, and
+/// `query` in the query editor: CodeMirror's own API, which is what
+/// GraphiQL reads when it executes. Then, once GraphiQL has parsed the new
+/// query, runs it with the execute button.
+async fn run_in_graphiql(
+    devtools: &mut DevTools,
+    token: &str,
+    query: &str,
+    variables: Option<&Value>,
+) {
     let header = json!({ "Authorization": format!("Bearer {token}") }).to_string();
-    let query = "{ me { tenant { slug } } }";
+    let variables = variables.map(|v| serde_json::to_string_pretty(v).expect("JSON"));
     let fill = format!(
         r#"(async () => {{
             const until = async (find) => {{
@@ -359,28 +367,52 @@ async fn graphiql_runs_a_query_in_a_browser_that_can_reach_only_pulse() {
                 }}
                 throw new Error("not found: " + find);
             }};
-            document.querySelector('.graphiql-editor-tools button[data-name="headers"]').click();
-            const headers = await until(() => document.querySelector(
-                'section.graphiql-editor-tool[aria-label="Headers"] .graphiql-editor:not(.hidden) .CodeMirror'));
-            headers.CodeMirror.setValue({header});
-            document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror.setValue({query});
+            const tab = async (name, label, value) => {{
+                document.querySelector(`.graphiql-editor-tools button[data-name="${{name}}"]`).click();
+                const editor = await until(() => document.querySelector(
+                    `section.graphiql-editor-tool[aria-label="${{label}}"] .graphiql-editor:not(.hidden) .CodeMirror`));
+                editor.CodeMirror.setValue(value);
+            }};
+            const variables = {variables};
+            if (variables !== null) await tab("variables", "Variables", variables);
+            await tab("headers", "Headers", {header});
+            const query = document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror;
+            query.setValue({query});
+            // GraphiQL parses the query a moment after an edit (debounced),
+            // and picks HTTP or the socket from that parse: run only once
+            // it is of this text.
+            await until(() => query.documentAST && query.documentAST.loc
+                && query.documentAST.loc.source.body === query.getValue());
             return true;
         }})()"#,
         header = serde_json::to_string(&header).expect("JS string"),
         query = serde_json::to_string(query).expect("JS string"),
+        variables = serde_json::to_string(&variables).expect("JS string"),
     );
     assert_eq!(devtools.eval(&fill).await, true);
     devtools
         .eval("document.querySelector('.graphiql-execute-button').click(), true")
         .await;
+}
+
+/// The text of GraphiQL's result panel ('' before it has one).
+const RESULT_PANEL: &str = "(document.querySelector('.result-window .CodeMirror') || {CodeMirror: {getValue: () => ''}}).CodeMirror.getValue()";
+
+#[tokio::test]
+async fn graphiql_runs_a_query_in_a_browser_that_can_reach_only_pulse() {
+    let Some(binary) = chromium_or_skip("graphiql browser test") else {
+        return;
+    };
+    let app = spawn_app().await;
+    let tenant = app.tenant("graphiql").await;
+    let token = app.token(&tenant, Role::Admin);
+    let origin = format!("http://{}", app.addr);
+
+    let (browser, mut devtools) = open_graphiql(&binary, &app).await;
+    run_in_graphiql(&mut devtools, &token, "{ me { tenant { slug } } }", None).await;
 
     // The answer, as GraphiQL's result panel shows it.
-    let shown = devtools
-        .wait_for(
-            "(document.querySelector('.result-window .CodeMirror') || {CodeMirror: {getValue: () => ''}}).CodeMirror.getValue()",
-            &tenant.slug,
-        )
-        .await;
+    let shown = devtools.wait_for(RESULT_PANEL, &tenant.slug).await;
     let shown: Value = serde_json::from_str(shown.as_str().unwrap_or_default())
         .unwrap_or_else(|e| panic!("the result panel holds no JSON ({e}): {shown}"));
     assert_eq!(shown["data"]["me"]["tenant"]["slug"], tenant.slug.as_str());
@@ -418,5 +450,106 @@ async fn graphiql_runs_a_query_in_a_browser_that_can_reach_only_pulse() {
         .filter(|e| e["method"] == "Network.loadingFailed")
         .collect();
     assert!(failed.is_empty(), "failed loads: {failed:?}");
+    drop(browser);
+}
+
+/// GraphiQL's result panel as `sequence=N total=T ` when it holds a
+/// `metricUpdated` result, else its text as it is (an error, say).
+fn shown_update_js() -> String {
+    format!(
+        "(() => {{
+            const text = {RESULT_PANEL};
+            try {{
+                const r = JSON.parse(text).data.metricUpdated;
+                return `sequence=${{r.sequence}} total=${{r.total}} `;
+            }} catch (e) {{
+                return text;
+            }}
+        }})()"
+    )
+}
+
+#[tokio::test]
+async fn graphiql_runs_a_metric_updated_subscription_over_the_socket() {
+    let Some(binary) = chromium_or_skip("graphiql subscription test") else {
+        return;
+    };
+    let app = spawn_app_with(|s| {
+        s.set("PULSE_LIVE_DEBOUNCE_MS", "50");
+    })
+    .await;
+    let tenant = app.tenant("graphiql-live").await;
+    let editor = app.token(&tenant, Role::Editor);
+    let events = |count: usize| {
+        let now = chrono::Utc::now().to_rfc3339();
+        Value::Array(vec![
+            json!({ "type": "graphiql_signup", "timestamp": now });
+            count
+        ])
+    };
+    app.ingest_ok(&editor, events(3)).await;
+
+    let (browser, mut devtools) = open_graphiql(&binary, &app).await;
+    let query =
+        "subscription($q: MetricQueryInput!) {\n  metricUpdated(query: $q) { sequence total }\n}";
+    let variables = json!({ "q": {
+        "measure": "COUNT",
+        "eventTypes": ["graphiql_signup"],
+        "granularity": "DAY",
+        "range": { "last": "7d" },
+    } });
+    run_in_graphiql(
+        &mut devtools,
+        &app.token(&tenant, Role::Viewer),
+        query,
+        Some(&variables),
+    )
+    .await;
+
+    // The result panel as GraphiQL shows it: parsed, and printed for the
+    // record (`--nocapture`).
+    async fn panel(devtools: &mut DevTools) -> Value {
+        let text = devtools.eval(RESULT_PANEL).await;
+        let text = text.as_str().unwrap_or_default();
+        println!("GraphiQL result panel:\n{text}");
+        let shown: Value = serde_json::from_str(text)
+            .unwrap_or_else(|e| panic!("the result panel holds no JSON ({e}): {text}"));
+        assert!(shown.get("errors").is_none(), "{shown}");
+        shown
+    }
+
+    fn shown_update(shown: &Value) -> (i64, f64) {
+        let r = &shown["data"]["metricUpdated"];
+        (
+            r["sequence"].as_i64().expect("sequence"),
+            r["total"].as_f64().expect("total"),
+        )
+    }
+
+    // The current result first.
+    let panel_update = shown_update_js();
+    devtools.wait_for(&panel_update, "sequence=1 ").await;
+    let first = panel(&mut devtools).await;
+    assert_eq!(shown_update(&first), (1, 3.0), "{first}");
+
+    // Events ingested over HTTP, outside the browser: the open subscription
+    // brings the new total into the same panel.
+    app.ingest_ok(&editor, events(2)).await;
+    devtools.wait_for(&panel_update, "sequence=2 ").await;
+    let second = panel(&mut devtools).await;
+    assert_eq!(shown_update(&second), (2, 5.0), "{second}");
+
+    // It came over Pulse's socket, as GraphiQL's graphql-ws client opens it.
+    let sockets: Vec<&str> = devtools
+        .events
+        .iter()
+        .filter(|e| e["method"] == "Network.webSocketCreated")
+        .filter_map(|e| e["params"]["url"].as_str())
+        .collect();
+    assert_eq!(
+        sockets,
+        [format!("ws://{}/graphql/ws", app.addr)],
+        "the page's sockets"
+    );
     drop(browser);
 }
