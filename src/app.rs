@@ -62,6 +62,9 @@ pub struct App {
     pub analytics_gate: Arc<TenantGate>,
     /// Subscriptions: metric watchers, event tails, socket limits.
     pub live: crate::domain::live::Live,
+    /// This process among the instances sharing the database: the owner
+    /// of the alert leases it takes.
+    pub instance: uuid::Uuid,
     /// The demo ADMIN token GraphiQL opens with. `serve` mints it after the
     /// server is built (it needs the seeded admin), hence set-once rather
     /// than a plain field; only [`App::offer_demo_token`] sets it.
@@ -182,6 +185,7 @@ impl AppState {
         Ok(AppState(Arc::new(App {
             analytics_gate,
             live,
+            instance: uuid::Uuid::new_v4(),
             config,
             db,
             redis,
@@ -265,11 +269,20 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let grace = self.state.config.shutdown_grace;
-        let background = if self.state.config.background_jobs {
+        let mut background = if self.state.config.background_jobs {
             jobs::spawn(&self.state)
         } else {
             Vec::new()
         };
+        let alerting = self.state.config.alerts.evaluate;
+        if alerting {
+            match jobs::alerts::spawn(&self.state) {
+                Ok(handles) => background.extend(handles),
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "cannot start alert evaluation")
+                }
+            }
+        }
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(
             self.listener,
@@ -297,6 +310,9 @@ impl Application {
         };
         for job in background {
             job.abort();
+        }
+        if alerting {
+            jobs::alerts::release(&self.state).await;
         }
         // Requests still queued when the grace period ran out are committed
         // before the pool closes.

@@ -53,6 +53,30 @@ pub struct Config {
     /// database (the uncached path, for comparison in `bench/`).
     pub hot_cache: bool,
     pub live: LiveConfig,
+    pub alerts: AlertsConfig,
+}
+
+/// Alert evaluation and webhook delivery (`PULSE_ALERT_*`, `PULSE_WEBHOOK_*`).
+#[derive(Clone, Debug)]
+pub struct AlertsConfig {
+    /// `PULSE_ALERT_EVALUATION`: whether this instance evaluates alerts
+    /// and sends their webhooks. On by default (any number of instances
+    /// may: each alert has one evaluator at a time); a test server turns
+    /// it off unless the test is about it.
+    pub evaluate: bool,
+    /// `PULSE_ALERT_TENANTS`: evaluate only these tenants' alerts (slugs,
+    /// comma-separated); all when unset.
+    pub tenants: Option<Vec<String>>,
+    /// `PULSE_ALERT_MIN_INTERVAL`: the shortest `evaluateEvery` (10s).
+    pub min_interval: Duration,
+    /// `PULSE_ALERT_POLL_MS`: how often an evaluator looks for due alerts
+    /// and deliveries.
+    pub poll: Duration,
+    /// `PULSE_MAX_ALERTS_PER_TENANT`.
+    pub per_tenant: u64,
+    /// `PULSE_PUBLIC_URL`: where links in notifications point.
+    pub public_url: Option<String>,
+    pub webhooks: crate::domain::alerts::webhooks::DeliverySettings,
 }
 
 /// Subscriptions and their sockets (`PULSE_LIVE_*`, `PULSE_WS_*`).
@@ -391,6 +415,71 @@ impl Config {
                     1..=1_000_000,
                 )?,
                 stream_buffer: number(&get, "PULSE_LIVE_STREAM_BUFFER", 1_000, 1..=1_000_000)?,
+            },
+            alerts: AlertsConfig {
+                evaluate: match get("PULSE_ALERT_EVALUATION") {
+                    Some(v) => parse_bool("PULSE_ALERT_EVALUATION", &v)?,
+                    None => true,
+                },
+                tenants: get("PULSE_ALERT_TENANTS").map(|raw| {
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                }),
+                min_interval: match get("PULSE_ALERT_MIN_INTERVAL") {
+                    Some(raw) => crate::duration::parse(&raw)
+                        .map_err(|e| invalid("PULSE_ALERT_MIN_INTERVAL", &raw, e))?,
+                    None => Duration::from_secs(10),
+                },
+                poll: Duration::from_millis(number(
+                    &get,
+                    "PULSE_ALERT_POLL_MS",
+                    1_000,
+                    50..=60_000,
+                )?),
+                per_tenant: number(&get, "PULSE_MAX_ALERTS_PER_TENANT", 1_000, 1..=1_000_000)?,
+                public_url: match get("PULSE_PUBLIC_URL") {
+                    Some(raw) => {
+                        let url = url::Url::parse(&raw)
+                            .map_err(|e| invalid("PULSE_PUBLIC_URL", &raw, e))?;
+                        if !matches!(url.scheme(), "http" | "https") {
+                            return Err(invalid(
+                                "PULSE_PUBLIC_URL",
+                                &raw,
+                                "expected an http:// or https:// URL",
+                            ));
+                        }
+                        Some(raw.trim_end_matches('/').to_owned())
+                    }
+                    None => None,
+                },
+                webhooks: crate::domain::alerts::webhooks::DeliverySettings {
+                    timeout: Duration::from_millis(number(
+                        &get,
+                        "PULSE_WEBHOOK_TIMEOUT_MS",
+                        5_000,
+                        100..=60_000,
+                    )?),
+                    max_attempts: number(&get, "PULSE_WEBHOOK_MAX_ATTEMPTS", 6, 1..=50)?,
+                    backoff: Duration::from_millis(number(
+                        &get,
+                        "PULSE_WEBHOOK_BACKOFF_MS",
+                        2_000,
+                        10..=600_000,
+                    )?),
+                    backoff_max: Duration::from_millis(number(
+                        &get,
+                        "PULSE_WEBHOOK_BACKOFF_MAX_MS",
+                        300_000,
+                        10..=86_400_000,
+                    )?),
+                    allow_private: match get("PULSE_WEBHOOK_ALLOW_PRIVATE") {
+                        Some(v) => parse_bool("PULSE_WEBHOOK_ALLOW_PRIVATE", &v)?,
+                        None => false,
+                    },
+                },
             },
         })
     }

@@ -96,6 +96,18 @@ pub struct Metrics {
     pub persisted: crate::cache::persisted::PersistedCounters,
     /// Sockets, subscriptions, watchers and their work.
     pub live: crate::domain::live::LiveCounters,
+    pub alerts: AlertCounters,
+}
+
+/// What alert evaluators and senders did, on this instance.
+#[derive(Clone, Default)]
+pub struct AlertCounters {
+    /// By `outcome`: `met`, `clear`, `no_data`, `error`.
+    pub evaluations: Family<[(&'static str, &'static str); 1], Counter>,
+    /// By the state entered (`to`).
+    pub transitions: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Webhook attempts by `result`: `sent`, `retry`, `failed`.
+    pub deliveries: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 /// Distinct operation names labelled by default (`PULSE_METRICS_MAX_OPERATIONS`).
@@ -325,7 +337,28 @@ impl Metrics {
             "Subscribers closed for falling behind their buffer",
             live.slow_consumers.clone(),
         );
+        let alerts = AlertCounters::default();
+        for (name, help, family) in [
+            (
+                "alert_evaluations",
+                "Alert evaluations by outcome (met, clear, no_data, error)",
+                &alerts.evaluations,
+            ),
+            (
+                "alert_transitions",
+                "Alert state transitions by the state entered",
+                &alerts.transitions,
+            ),
+            (
+                "alert_webhook_attempts",
+                "Webhook delivery attempts by result (sent, retry, failed)",
+                &alerts.deliveries,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         Metrics {
+            alerts,
             live,
             persisted,
             registry,

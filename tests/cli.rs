@@ -23,6 +23,9 @@ fn pulse(dir: &tempfile::TempDir) -> Command {
         }
     }
     cmd.env("PULSE_JWT_SECRET", TEST_SECRET);
+    // Alert evaluation scans every tenant of the shared test database;
+    // only a test about it turns it on (scoped to its tenant).
+    cmd.env("PULSE_ALERT_EVALUATION", "false");
     cmd
 }
 

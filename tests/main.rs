@@ -3,6 +3,7 @@
 
 mod common;
 
+mod alerts;
 mod audit;
 mod auth;
 mod cache;

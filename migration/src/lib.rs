@@ -14,6 +14,7 @@ mod m20261123_000007_create_saved_queries;
 mod m20261123_000008_create_dashboards;
 mod m20261123_000009_create_share_links;
 mod m20261124_000010_create_persisted_operations;
+mod m20261201_000011_create_alerts;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000008_create_dashboards::Migration),
             Box::new(m20261123_000009_create_share_links::Migration),
             Box::new(m20261124_000010_create_persisted_operations::Migration),
+            Box::new(m20261201_000011_create_alerts::Migration),
         ]
     }
 }

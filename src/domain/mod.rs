@@ -2,6 +2,7 @@
 //! data take `&TenantCtx` first and scope every query by its tenant; none
 //! accepts a tenant id from client input. No GraphQL or HTTP types here.
 
+pub mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod dashboards;

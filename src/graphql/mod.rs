@@ -6,6 +6,7 @@
 //! The schema never imports axum: the HTTP layer puts a [`Caller`] and a
 //! `RequestMeta` into each request's data.
 
+mod alerts;
 mod audit;
 mod budget;
 mod dashboards;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{MergedObject, MergedSubscription, Schema};
 
+pub(crate) use alerts::alert_query;
 pub use extension::{ErrorCodes, Executed};
 pub use guard::{Caller, RoleGuard, SocketToken};
 pub use session::MeOnce;
@@ -48,6 +50,7 @@ pub struct Query(
     dashboards::DashboardQuery,
     dashboards::SharedDashboardQuery,
     persisted::PersistedOperationQuery,
+    alerts::AlertQueryRoot,
 );
 
 #[derive(MergedObject, Default)]
@@ -59,10 +62,11 @@ pub struct Mutation(
     saved_queries::SavedQueryMutation,
     dashboards::DashboardMutation,
     persisted::PersistedOperationMutation,
+    alerts::AlertMutation,
 );
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(live::LiveSubscription);
+pub struct Subscription(live::LiveSubscription, alerts::AlertSubscription);
 
 pub type PulseSchema = Schema<Query, Mutation, Subscription>;
 

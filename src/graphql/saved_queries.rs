@@ -237,7 +237,7 @@ pub(crate) fn bind(
     })
 }
 
-pub struct SavedQuery(saved_queries::SavedQuery);
+pub struct SavedQuery(pub(crate) saved_queries::SavedQuery);
 
 #[Object]
 impl SavedQuery {

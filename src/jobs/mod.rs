@@ -1,7 +1,10 @@
 //! Background work that `serve` runs beside the server: keeping event
-//! partitions ahead of time and applying retention. Each job is idempotent
+//! partitions ahead of time, applying data expiry, and (in [`alerts`])
+//! evaluating alerts and sending their webhooks. Each job is idempotent
 //! and safe to run in several processes at once; a failed round is logged
 //! and retried on the next tick.
+
+pub mod alerts;
 
 use std::time::Duration;
 

@@ -238,7 +238,10 @@ async fn spawn(url: String, store: Store, tweak: impl FnOnce(&mut Settings)) -> 
         .set("PULSE_DB_MAX_CONNECTIONS", "5")
         // Partitions and data expiry are tested by calling them; run on
         // their own, they would touch every test's tenants at random times.
-        .set("PULSE_BACKGROUND_JOBS", "false");
+        .set("PULSE_BACKGROUND_JOBS", "false")
+        // Evaluators scan every tenant; a test about alerts turns them on
+        // scoped to its own tenant (`alert_app`).
+        .set("PULSE_ALERT_EVALUATION", "false");
     if let Some(redis) = redis_url() {
         settings.set("PULSE_REDIS_URL", redis);
     }
@@ -306,8 +309,15 @@ impl TestApp {
     }
 
     pub async fn tenant_with(&self, prefix: &str, status: tenant::TenantStatus) -> TestTenant {
+        self.tenant_slugged(format!("{prefix}-{}", short_id()), status)
+            .await
+    }
+
+    /// A tenant with exactly `slug` (for settings that name it before the
+    /// tenant exists, like `PULSE_ALERT_TENANTS`).
+    pub async fn tenant_slugged(&self, slug: String, status: tenant::TenantStatus) -> TestTenant {
         let now = chrono::Utc::now();
-        let slug = format!("{prefix}-{}", short_id());
+        let prefix = slug.split('-').next().unwrap_or("test").to_owned();
         let t = tenant::Entity::insert(tenant::ActiveModel {
             id: Set(Uuid::now_v7()),
             slug: Set(slug.clone()),
