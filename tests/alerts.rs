@@ -1250,3 +1250,64 @@ async fn a_killed_instances_alerts_are_taken_over_within_two_intervals() {
     );
     assert!(taken.last_evaluated_at.expect("evaluated") > killed_at);
 }
+
+#[tokio::test]
+async fn the_demo_alerts_are_seeded_once_and_evaluate_on_the_demo_data() {
+    let app = spawn_isolated_app().await;
+    let db = &app.state.db;
+    pulse::domain::demo::seed(db).await.expect("accounts");
+    pulse::domain::demo::seed_n_events(db, &app.state.writer, 10_000)
+        .await
+        .expect("events");
+    pulse::graphql::demo::seed_dashboards(&app.state)
+        .await
+        .expect("seed");
+    pulse::graphql::demo::seed_dashboards(&app.state)
+        .await
+        .expect("again");
+    let editor = app
+        .state
+        .keys
+        .mint(
+            "admin@acme.example",
+            "acme",
+            Role::Editor,
+            Duration::from_secs(60),
+        )
+        .expect("mint");
+    let list = app
+        .gql_as(
+            &editor,
+            "{ alerts { edges { node { id name condition threshold } } } }",
+            json!({}),
+        )
+        .await;
+    let alerts = data(&list)["alerts"]["edges"]
+        .as_array()
+        .expect("edges")
+        .clone();
+    let names: Vec<&str> = alerts
+        .iter()
+        .filter_map(|e| e["node"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["Bounce rate above 5 %", "Sign-ups per hour below 1"]
+    );
+    let test = "mutation($id: ID!) { testAlert(id: $id) { value conditionMet wouldBe error } }";
+    let bounce = app
+        .gql_as(&editor, test, json!({ "id": alerts[0]["node"]["id"] }))
+        .await;
+    let r = &data(&bounce)["testAlert"];
+    assert_eq!(r["error"], Value::Null, "{bounce}");
+    let rate = r["value"].as_f64().expect("a rate");
+    // The demo's mailboxes bounce about 13 % of deliveries.
+    assert!((0.05..0.3).contains(&rate), "{rate}");
+    assert_eq!(r["conditionMet"], true);
+    assert_eq!(r["wouldBe"], "PENDING", "forDuration 2m holds it first");
+    let floor = app
+        .gql_as(&editor, test, json!({ "id": alerts[1]["node"]["id"] }))
+        .await;
+    assert_eq!(data(&floor)["testAlert"]["error"], Value::Null, "{floor}");
+    assert!(data(&floor)["testAlert"]["value"].is_number(), "{floor}");
+}

@@ -1,7 +1,8 @@
-//! The demo tenants' saved queries and dashboards, created through the
-//! schema itself (as each tenant's first ADMIN), so they pass every rule a
-//! client's would and stay in the shape clients send. Idempotent: a tenant
-//! that already has the "Product overview" dashboard is left alone.
+//! The demo tenants' saved queries, dashboards and alerts, created through
+//! the schema itself (as each tenant's first ADMIN), so they pass every
+//! rule a client's would and stay in the shape clients send. Idempotent:
+//! a tenant that already has the "Product overview" dashboard keeps its
+//! dashboards, and one that has the bounce-rate alert keeps its alerts.
 
 use anyhow::{Context as _, anyhow};
 use async_graphql::{Request, Variables};
@@ -11,7 +12,7 @@ use serde_json::{Value, json};
 use super::Caller;
 use crate::app::AppState;
 use crate::auth::{Role, TenantCtx};
-use crate::entities::{dashboard, tenant, user};
+use crate::entities::{alert, dashboard, tenant, user};
 
 /// The demo tenants whose dashboards are seeded.
 pub const TENANTS: &[&str] = &["acme", "globex"];
@@ -29,13 +30,19 @@ pub async fn seed_dashboards(state: &AppState) -> anyhow::Result<usize> {
         else {
             continue;
         };
-        let exists = dashboard::Entity::find()
+        let has_dashboards = dashboard::Entity::find()
             .filter(dashboard::Column::TenantId.eq(t.id))
             .filter(dashboard::Column::Name.eq("Product overview"))
             .one(&state.db)
             .await?
             .is_some();
-        if exists {
+        let has_alerts = alert::Entity::find()
+            .filter(alert::Column::TenantId.eq(t.id))
+            .filter(alert::Column::Name.eq(BOUNCE_ALERT))
+            .one(&state.db)
+            .await?
+            .is_some();
+        if has_dashboards && has_alerts {
             continue;
         }
         let Some(admin) = user::Entity::find()
@@ -72,20 +79,39 @@ pub async fn seed_dashboards(state: &AppState) -> anyhow::Result<usize> {
                     .context("reading a demo mutation's answer")
             }
         };
-        let saved = run(
-            "mutation($i: SavedQueryInput!) { createSavedQuery(input: $i) { id } }",
-            json!({ "i": sends_of_campaign() }),
-        )
-        .await
-        .with_context(|| format!("the demo saved query of {slug}"))?;
-        let saved_id = saved["createSavedQuery"]["id"].clone();
-        for input in [product_overview(), email_campaigns(&saved_id)] {
-            run(
-                "mutation($i: DashboardInput!) { createDashboard(input: $i) { id } }",
-                json!({ "i": input }),
-            )
-            .await
-            .with_context(|| format!("a demo dashboard of {slug}"))?;
+        let save = |input: Value| {
+            let run = &run;
+            async move {
+                let saved = run(
+                    "mutation($i: SavedQueryInput!) { createSavedQuery(input: $i) { id } }",
+                    json!({ "i": input }),
+                )
+                .await
+                .with_context(|| format!("a demo saved query of {slug}"))?;
+                anyhow::Ok(saved["createSavedQuery"]["id"].clone())
+            }
+        };
+        if !has_dashboards {
+            let saved_id = save(sends_of_campaign()).await?;
+            for input in [product_overview(), email_campaigns(&saved_id)] {
+                run(
+                    "mutation($i: DashboardInput!) { createDashboard(input: $i) { id } }",
+                    json!({ "i": input }),
+                )
+                .await
+                .with_context(|| format!("a demo dashboard of {slug}"))?;
+            }
+        }
+        if !has_alerts {
+            let bounce_rate = save(bounce_rate()).await?;
+            for input in [bounce_alert(&bounce_rate), signup_floor_alert()] {
+                run(
+                    "mutation($i: AlertInput!) { createAlert(input: $i) { id } }",
+                    json!({ "i": input }),
+                )
+                .await
+                .with_context(|| format!("a demo alert of {slug}"))?;
+            }
         }
         seeded += 1;
     }
@@ -187,5 +213,59 @@ fn email_campaigns(saved_query: &Value) -> Value {
             { "title": "Bounce rate by campaign", "kind": "TABLE",
               "formula": rate("bounced", &["email.bounced"]) }
         ]
+    })
+}
+
+/// The name the alerts' seed is recognised by.
+const BOUNCE_ALERT: &str = "Bounce rate above 5 %";
+
+/// Bounced over delivered emails in the last 24 hours, a ratio.
+fn bounce_rate() -> Value {
+    let count = |kind: &str| json!({ "measure": "COUNT", "eventTypes": [kind], "range": { "last": "$window" } });
+    json!({
+        "name": "Bounce rate",
+        "description": "email.bounced / email.delivered, all campaigns",
+        "isPublic": true,
+        "formula": {
+            "queries": [
+                { "name": "bounced", "query": count("email.bounced") },
+                { "name": "delivered", "query": count("email.delivered") }
+            ],
+            "expression": "bounced / delivered"
+        },
+        "parameters": [{ "name": "window", "type": "STRING", "default": "24h" }]
+    })
+}
+
+/// Fires while more than 5 % of deliveries bounce (the demo's mailboxes
+/// bounce about 13 %, so it fires soon after start-up).
+fn bounce_alert(bounce_rate: &Value) -> Value {
+    json!({
+        "name": BOUNCE_ALERT,
+        "description": "Deliverability: more than one email in twenty bounced over the last day.",
+        "savedQueryId": bounce_rate,
+        "parameters": { "window": "24h" },
+        "condition": "ABOVE",
+        "threshold": 0.05,
+        "evaluateEvery": "1m",
+        "forDuration": "2m",
+        "keepFiringFor": "10m",
+        "labels": { "team": "email", "severity": "warning" }
+    })
+}
+
+/// Fires when the quietest of the last three hours had no sign-up.
+fn signup_floor_alert() -> Value {
+    json!({
+        "name": "Sign-ups per hour below 1",
+        "description": "Some hour of the last three had no sign-up: the sign-up form may be broken.",
+        "query": { "measure": "COUNT", "eventTypes": ["signup"], "granularity": "HOUR",
+                   "range": { "last": "3h" } },
+        "reducer": "MIN",
+        "condition": "BELOW",
+        "threshold": 1,
+        "evaluateEvery": "1m",
+        "forDuration": "5m",
+        "labels": { "team": "growth", "severity": "critical" }
     })
 }
