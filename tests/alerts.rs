@@ -1117,6 +1117,9 @@ async fn two_instances_record_and_notify_each_transition_exactly_once() {
         )
         .await;
         ids.push(a["id"].as_str().expect("id").to_owned());
+        // Off the 100 ms poll's beat, so that either instance may be the
+        // first to see the next one.
+        tokio::time::sleep(Duration::from_millis(130)).await;
     }
     let got = receiver.wait_accepted(5).await;
     // Several more rounds on both instances.
@@ -1146,6 +1149,101 @@ async fn two_instances_record_and_notify_each_transition_exactly_once() {
 }
 
 #[tokio::test]
+async fn concurrent_claims_give_each_due_alert_to_exactly_one_instance() {
+    use pulse::domain::alerts::schedule::{claim_due, postpone};
+    let app = spawn_app_with(|s| {
+        s.set("PULSE_ALERT_MIN_INTERVAL", "1s");
+    })
+    .await;
+    let t = app.tenant("alert-claims").await;
+    let editor = app.token(&t, Role::Editor);
+    let mut ids = HashSet::new();
+    for i in 0..20 {
+        let a = create_ok(
+            &app,
+            &editor,
+            json!({
+                "name": format!("claim {i}"), "query": count_of("signup"), "condition": "ABOVE",
+                "threshold": 0, "evaluateEvery": "1s",
+            }),
+        )
+        .await;
+        ids.insert(
+            a["id"]
+                .as_str()
+                .expect("id")
+                .parse::<uuid::Uuid>()
+                .expect("uuid"),
+        );
+    }
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let scope = Some(vec![t.id]);
+    let now = chrono::Utc::now();
+    let db = &app.state.db;
+    // Two owners race for the same due alerts, three at a time; each
+    // moves what it got on (as an evaluation would) before the next round.
+    let (mut by_a, mut by_b) = (HashSet::new(), HashSet::new());
+    for _ in 0..20 {
+        let (got_a, got_b) = tokio::join!(
+            claim_due(db, a, scope.clone(), now, 3),
+            claim_due(db, b, scope.clone(), now, 3)
+        );
+        let (got_a, got_b) = (got_a.expect("claim a"), got_b.expect("claim b"));
+        if got_a.is_empty() && got_b.is_empty() {
+            break;
+        }
+        for (owner, got, mine) in [(a, &got_a, &mut by_a), (b, &got_b, &mut by_b)] {
+            for alert in got {
+                assert!(postpone(db, owner, alert, now).await.expect("postpone"));
+                mine.insert(alert.model.id);
+            }
+        }
+    }
+    eprintln!(
+        "claimed: {} by one owner, {} by the other",
+        by_a.len(),
+        by_b.len()
+    );
+    assert!(
+        by_a.is_disjoint(&by_b),
+        "claimed by both: {:?}",
+        by_a.intersection(&by_b).collect::<Vec<_>>()
+    );
+    let all: HashSet<uuid::Uuid> = by_a.union(&by_b).copied().collect();
+    assert_eq!(all, ids);
+    // A held lease keeps the other owner out, even once the alert is due
+    // again; its holder may claim it again.
+    let due_again = now + chrono::Duration::milliseconds(1_100);
+    for (owner, held) in [(a, &by_a), (b, &by_b)] {
+        let again: HashSet<uuid::Uuid> = claim_due(db, owner, scope.clone(), due_again, 100)
+            .await
+            .expect("claim")
+            .iter()
+            .map(|x| x.model.id)
+            .collect();
+        assert_eq!(&again, held);
+    }
+    // Once every lease has run out (half an interval past the next
+    // evaluation), anyone may.
+    let later = now + chrono::Duration::seconds(3);
+    let stolen = claim_due(db, b, scope.clone(), later, 100)
+        .await
+        .expect("claim");
+    assert_eq!(stolen.len(), 20);
+}
+
+/// A child process killed (and reaped) when dropped, so a failing test
+/// leaves no server behind.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
 async fn a_killed_instances_alerts_are_taken_over_within_two_intervals() {
     if !is_postgres() {
         eprintln!("skipped: two instances share a database only on PostgreSQL");
@@ -1168,22 +1266,24 @@ async fn a_killed_instances_alerts_are_taken_over_within_two_intervals() {
             command.env_remove(k);
         }
     }
-    let mut child = command
-        .current_dir(dir.path())
-        .arg("serve")
-        .env("PULSE_DATABASE_URL", &app.state.config.database.url)
-        .env("PULSE_JWT_SECRET", TEST_SECRET)
-        .env("PULSE_LISTEN", "127.0.0.1:0")
-        .env("PULSE_DEMO", "0")
-        .env("PULSE_LOG", "warn")
-        .env("PULSE_BACKGROUND_JOBS", "false")
-        .env("PULSE_ALERT_TENANTS", &slug)
-        .env("PULSE_ALERT_MIN_INTERVAL", "1s")
-        .env("PULSE_ALERT_POLL_MS", "100")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn pulse serve");
+    let mut child = Killed(
+        command
+            .current_dir(dir.path())
+            .arg("serve")
+            .env("PULSE_DATABASE_URL", &app.state.config.database.url)
+            .env("PULSE_JWT_SECRET", TEST_SECRET)
+            .env("PULSE_LISTEN", "127.0.0.1:0")
+            .env("PULSE_DEMO", "0")
+            .env("PULSE_LOG", "warn")
+            .env("PULSE_BACKGROUND_JOBS", "false")
+            .env("PULSE_ALERT_TENANTS", &slug)
+            .env("PULSE_ALERT_MIN_INTERVAL", "1s")
+            .env("PULSE_ALERT_POLL_MS", "100")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn pulse serve"),
+    );
     let alert = create_ok(
         &app,
         &editor,
@@ -1215,9 +1315,9 @@ async fn a_killed_instances_alerts_are_taken_over_within_two_intervals() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    child.kill().expect("kill");
+    child.0.kill().expect("kill");
     let killed_at = chrono::Utc::now();
-    let _ = child.wait();
+    let _ = child.0.wait();
     let last_by_child = row(app.state.db.clone())
         .await
         .last_evaluated_at

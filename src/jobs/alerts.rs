@@ -51,33 +51,40 @@ pub fn engine(state: &AppState) -> Engine {
 pub fn spawn(state: &AppState) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let sender = Sender::new(state.config.alerts.webhooks)?;
     let poll = state.config.alerts.poll;
-    let evaluator = {
+    let evaluator = every(poll, "an alert evaluation round failed", {
         let state = state.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(poll);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if let Err(e) = evaluate_round(&state).await {
-                    tracing::warn!(error = format!("{e:#}"), "an alert evaluation round failed");
-                }
-            }
-        })
-    };
-    let delivery = {
+        move || {
+            let state = state.clone();
+            async move { evaluate_round(&state).await }
+        }
+    });
+    let delivery = every(poll, "a webhook delivery round failed", {
         let state = state.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(poll);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if let Err(e) = delivery_round(&state, &sender).await {
-                    tracing::warn!(error = format!("{e:#}"), "a webhook delivery round failed");
-                }
-            }
-        })
-    };
+        move || {
+            let (state, sender) = (state.clone(), sender.clone());
+            async move { delivery_round(&state, &sender).await }
+        }
+    });
     Ok(vec![evaluator, delivery])
+}
+
+/// Runs `round` every `poll` (a slow round delays the next rather than
+/// piling up), logging a failed one as `failed`.
+fn every<F, Fut>(poll: Duration, failed: &'static str, round: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = AppResult<usize>> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = round().await {
+                tracing::warn!(error = format!("{e:#}"), "{failed}");
+            }
+        }
+    })
 }
 
 /// Hands this instance's alert leases on at shutdown.

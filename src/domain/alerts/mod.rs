@@ -354,6 +354,22 @@ fn require_editor(ctx: &TenantCtx) -> AppResult<()> {
     }
 }
 
+/// The caller's tenant's alert `id`, read for a change the caller may
+/// make (`NOT_FOUND` / `FORBIDDEN` otherwise).
+async fn changeable(
+    txn: &sea_orm::DatabaseTransaction,
+    caller: &TenantCtx,
+    id: Uuid,
+) -> AppResult<alert::Model> {
+    let current = alert::Entity::find_by_id(id)
+        .filter(alert::Column::TenantId.eq(caller.tenant_id))
+        .one(txn)
+        .await?
+        .ok_or(AppError::NotFound("alert"))?;
+    may_change(caller, &current)?;
+    Ok(current)
+}
+
 /// Only the owner and the tenant's `ADMIN`s change an alert.
 fn may_change(ctx: &TenantCtx, m: &alert::Model) -> AppResult<()> {
     if ctx.role.at_least(Role::Admin) || (m.owner_id.is_some() && m.owner_id == ctx.user_id) {
@@ -517,12 +533,7 @@ pub async fn update(
     let (caller, meta) = (ctx.clone(), meta.clone());
     let model = scoped_write(db, ctx, move |txn| {
         Box::pin(async move {
-            let current = alert::Entity::find_by_id(id)
-                .filter(alert::Column::TenantId.eq(caller.tenant_id))
-                .one(txn)
-                .await?
-                .ok_or(AppError::NotFound("alert"))?;
-            may_change(&caller, &current)?;
+            let current = changeable(txn, &caller, id).await?;
             let webhooks = webhooks_to_store(
                 &input.webhooks,
                 &Alert {
@@ -627,12 +638,7 @@ pub async fn silence(
     let (caller, meta) = (ctx.clone(), meta.clone());
     let model = scoped_write(db, ctx, move |txn| {
         Box::pin(async move {
-            let current = alert::Entity::find_by_id(id)
-                .filter(alert::Column::TenantId.eq(caller.tenant_id))
-                .one(txn)
-                .await?
-                .ok_or(AppError::NotFound("alert"))?;
-            may_change(&caller, &current)?;
+            let current = changeable(txn, &caller, id).await?;
             let before = current.clone();
             let mut active: alert::ActiveModel = current.into();
             active.silenced_until = Set(until);
