@@ -70,6 +70,28 @@ async fn metric_updated_sends_the_current_result_then_each_change() {
 }
 
 #[tokio::test]
+async fn a_relative_range_drops_events_that_age_out_without_a_new_commit() {
+    let app = live_app(&[]).await;
+    let t = app.tenant("live-slide").await;
+    let editor = app.token(&t, Role::Editor);
+    let aged = (chrono::Utc::now() - chrono::Duration::seconds(54)).to_rfc3339();
+    app.ingest_ok(
+        &editor,
+        json!([{ "type": "tick", "timestamp": aged }, { "type": "tick", "timestamp": aged }]),
+    )
+    .await;
+    let mut ws = Ws::connect(&app, &app.token(&t, Role::Viewer)).await;
+    let q = json!({ "measure": "COUNT", "eventTypes": ["tick"], "range": { "last": "1m" } });
+    ws.subscribe("s", METRIC, json!({ "q": q })).await;
+    assert_eq!(update(&ws.next_payload("s").await), (1, 2.0));
+    // Nothing is ingested: within seconds both events are more than a
+    // minute old, and the watcher's timer notices.
+    let started = std::time::Instant::now();
+    assert_eq!(update(&ws.next_payload("s").await), (2, 0.0));
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+#[tokio::test]
 async fn an_unchanged_result_sends_nothing_and_other_types_do_not_wake_the_watcher() {
     let app = live_app(&[]).await;
     let t = app.tenant("live-quiet").await;

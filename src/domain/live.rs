@@ -440,6 +440,33 @@ fn normalized(query: &MetricQuery) -> String {
     format!("{q:?}")
 }
 
+/// Whether two results of one watcher say the same: the same totals and
+/// series, bucket for bucket, where the first bucket may start at another
+/// instant (a relative range's first bucket starts where the window does,
+/// which moves every second without changing what it shows).
+fn same_answer(a: &MetricResult, b: &MetricResult) -> bool {
+    a.total == b.total
+        && a.series.len() == b.series.len()
+        && a.series.iter().zip(&b.series).all(|(x, y)| {
+            x.group == y.group
+                && x.total == y.total
+                && x.points.len() == y.points.len()
+                && x.points
+                    .iter()
+                    .zip(&y.points)
+                    .enumerate()
+                    .all(|(i, (p, q))| p.1 == q.1 && (i == 0 || p.0 == q.0))
+        })
+}
+
+/// How often a watcher of a relative range (`last: 24h`) recomputes with
+/// no commit, as its window slides past its oldest events: a hundredth
+/// of the span, between 1 s and 60 s. `None` for a fixed range.
+fn slide_every(query: &MetricQuery) -> Option<Duration> {
+    let span = crate::duration::parse(query.last.as_deref()?).ok()?;
+    Some((span / 100).clamp(Duration::from_secs(1), Duration::from_secs(60)))
+}
+
 /// Whom a watcher computes as: the tenant, with a reader's rights and no
 /// user, so that it serves every subscriber alike and outlives the one
 /// who started it.
@@ -527,6 +554,13 @@ impl Watcher {
         fallback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         fallback.tick().await;
         let mut retry = false;
+        // A relative range moves with the clock: its oldest events leave
+        // it with no commit to say so. Recompute on a timer as well (the
+        // result is sent only if it changed).
+        let slide_every = slide_every(&self.query);
+        let mut slide = tokio::time::interval(slide_every.unwrap_or(Duration::from_secs(3600)));
+        slide.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        slide.tick().await;
         loop {
             let wake = tokio::select! {
                 () = self.tx.closed() => {
@@ -547,6 +581,7 @@ impl Watcher {
                     health_alive
                 }
                 _ = fallback.tick() => !*health.borrow(),
+                _ = slide.tick(), if slide_every.is_some() => true,
                 () = tokio::time::sleep(RETRY_AFTER), if retry => true,
             };
             if !wake {
@@ -559,7 +594,7 @@ impl Watcher {
             match self.compute().await {
                 Ok(result) => {
                     retry = false;
-                    if result.series != last.series || result.total != last.total {
+                    if !same_answer(&result, &last) {
                         sequence += 1;
                         self.tx.send_replace(Watched::Ready(Arc::new(Update {
                             sequence,
@@ -651,6 +686,18 @@ mod tests {
             received_at: chrono::Utc::now(),
             source: "http".into(),
         }
+    }
+
+    #[test]
+    fn relative_ranges_slide_on_a_timer_bounded_both_ways() {
+        let last = |l: &str| MetricQuery {
+            last: Some(l.into()),
+            ..Default::default()
+        };
+        assert_eq!(slide_every(&last("1m")), Some(Duration::from_secs(1)));
+        assert_eq!(slide_every(&last("1h")), Some(Duration::from_secs(36)));
+        assert_eq!(slide_every(&last("30d")), Some(Duration::from_secs(60)));
+        assert_eq!(slide_every(&MetricQuery::default()), None);
     }
 
     #[test]
