@@ -638,10 +638,20 @@ async fn queries_report_and_count_their_source() {
         body["extensions"]["queries"][0]["source"], "rollup",
         "{body}"
     );
-    // Distinct users cannot come from hourly counts: raw events.
+    // Distinct users: the hourly actor bitmaps.
     let body = f
         .run(berlin_days(
             json!({ "measure": "COUNT_DISTINCT", "field": "userId" }),
+        ))
+        .await;
+    assert_eq!(
+        body["extensions"]["queries"][0]["source"], "bitmap",
+        "{body}"
+    );
+    // Distinct values of a property have no bitmaps: raw events.
+    let body = f
+        .run(berlin_days(
+            json!({ "measure": "COUNT_DISTINCT", "field": "properties.plan" }),
         ))
         .await;
     assert_eq!(body["extensions"]["queries"][0]["source"], "raw", "{body}");
@@ -671,6 +681,149 @@ async fn queries_report_and_count_their_source() {
         text.contains("pulse_metric_queries_total{source=\"rollup\"} 1"),
         "{text}"
     );
+    assert!(
+        text.contains("pulse_metric_queries_total{source=\"bitmap\"} 1"),
+        "{text}"
+    );
+}
+
+/// Random events (late ones, resent ones, events without ids, a second
+/// tenant with the same user ids) and random distinct-count queries: the
+/// answer from the actor bitmaps must equal the answer from raw events
+/// (forced by a filter that matches every event, `type EXISTS`).
+#[tokio::test]
+async fn bitmap_answers_equal_raw_answers_on_random_data() {
+    use rand::{Rng, SeedableRng};
+    let app = spawn_app().await;
+    let tenant = app.tenant("bitmap-prop").await;
+    let neighbour = app.tenant("bitmap-prop-b").await;
+    for t in [&tenant, &neighbour] {
+        data(
+            &app.gql_as(
+                &app.token(t, Role::Admin),
+                "mutation { updateTenantSettings(input: { retentionDays: 3650 }) { id } }",
+                json!({}),
+            )
+            .await,
+        );
+    }
+    let editor = app.token(&tenant, Role::Editor);
+    let viewer = app.token(&tenant, Role::Viewer);
+    let seed: u64 = std::env::var("PULSE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let base = chrono::DateTime::parse_from_rfc3339("2026-03-27T00:00:00Z")
+        .expect("base")
+        .with_timezone(&chrono::Utc);
+    let types = ["a", "b", "c", "d"];
+    let mut sent: Vec<Value> = Vec::new();
+    // Four batches, the later ones partly late; the last resends some
+    // earlier ids with another type and time (duplicates: not counted).
+    for batch in 0..4 {
+        let mut events: Vec<Value> = (0..300)
+            .map(|_| {
+                let at = base + chrono::Duration::seconds(rng.random_range(0..6 * 86_400));
+                let mut e = json!({ "id": uuid::Uuid::new_v4(),
+                    "type": types[rng.random_range(0..types.len())], "timestamp": at.to_rfc3339() });
+                if rng.random_bool(0.9) {
+                    e["userId"] = json!(format!("u{}", rng.random_range(0..40)));
+                }
+                if rng.random_bool(0.7) {
+                    e["sessionId"] = json!(format!("s{}", rng.random_range(0..120)));
+                }
+                e
+            })
+            .collect();
+        if batch == 3 {
+            for old in sent.iter().take(50) {
+                let mut again = old.clone();
+                again["type"] = json!("d");
+                again["userId"] = json!("u-only-in-duplicates");
+                events.push(again);
+            }
+        }
+        sent.extend(events.iter().cloned());
+        let (status, body) = app.post_events(&editor, Value::Array(events.clone())).await;
+        assert_eq!(status, 202, "{body}");
+        // The neighbour has the same users in the same hours.
+        let (status, body) = app
+            .post_events(
+                &app.token(&neighbour, Role::Editor),
+                Value::Array(
+                    events
+                        .iter()
+                        .map(|e| {
+                            let mut e = e.clone();
+                            e["id"] = json!(uuid::Uuid::new_v4());
+                            e
+                        })
+                        .collect(),
+                ),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let zones = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo"];
+    let granularities = [
+        Value::Null,
+        json!("HOUR"),
+        json!("DAY"),
+        json!("WEEK"),
+        json!("MONTH"),
+    ];
+    for round in 0..25 {
+        let from = base + chrono::Duration::minutes(rng.random_range(-600..5 * 1440));
+        let to = from + chrono::Duration::minutes(rng.random_range(30..4 * 1440));
+        let field = if rng.random_bool(0.6) {
+            "userId"
+        } else {
+            "sessionId"
+        };
+        let mut q = json!({
+            "measure": "COUNT_DISTINCT", "field": field,
+            "timezone": zones[rng.random_range(0..zones.len())],
+            "range": { "from": from.to_rfc3339(), "to": to.to_rfc3339() },
+        });
+        let g = &granularities[rng.random_range(0..granularities.len())];
+        if !g.is_null() {
+            q["granularity"] = g.clone();
+        }
+        if rng.random_bool(0.5) {
+            q["groupBy"] = json!(["type"]);
+            q["limit"] = json!(rng.random_range(1..5));
+        }
+        if rng.random_bool(0.3) {
+            q["eventTypes"] = json!(["a", "d"]);
+        }
+        let fast = app.gql_as(&viewer, METRICS, json!({ "q": q })).await;
+        let mut forced = q.clone();
+        forced["filters"] = json!([{ "field": "type", "op": "EXISTS" }]);
+        let slow = app.gql_as(&viewer, METRICS, json!({ "q": forced })).await;
+        assert_eq!(
+            slow["extensions"]["queries"][0]["source"], "raw",
+            "{forced}: {slow}"
+        );
+        if to - from >= chrono::Duration::hours(2) {
+            assert_eq!(
+                fast["extensions"]["queries"][0]["source"], "bitmap",
+                "round {round}: {q}"
+            );
+        }
+        let strip = |v: &Value| {
+            let mut m = v["data"]["metrics"].clone();
+            m["computedAt"] = Value::Null;
+            m
+        };
+        if strip(&fast) != strip(&slow) {
+            panic!(
+                "seed {seed}, round {round}: {q}\nbitmap: {}\nraw: {}",
+                strip(&fast),
+                strip(&slow)
+            );
+        }
+    }
 }
 
 /// Random events and random rollup-eligible queries: the answer from the

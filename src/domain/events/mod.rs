@@ -10,6 +10,7 @@
 //! integer microseconds. Events therefore have no sea-orm entity; `store`
 //! and `query` speak to each backend directly, behind one interface.
 
+pub mod actors;
 pub mod query;
 pub mod retention;
 pub mod store;

@@ -1,6 +1,7 @@
-//! Writing events: one statement per group on PostgreSQL, a few multi-row
-//! statements in one transaction on SQLite, and PostgreSQL's monthly
-//! partitions.
+//! Writing events: one statement per group on PostgreSQL (then the
+//! actors' numbers and bitmaps, [`super::actors`], in the same
+//! transaction), a few multi-row statements in one transaction on SQLite,
+//! and PostgreSQL's monthly partitions.
 //!
 //! A named system path: the group-commit writer stores many tenants'
 //! events at once, so it runs on the connection's own role (RLS bypassed);
@@ -17,6 +18,7 @@ use sea_orm::{DatabaseConnection, DbBackend};
 use uuid::Uuid;
 
 use super::NewEvent;
+use super::actors::{self, Stored};
 
 /// One event of a group, with the tenant it belongs to.
 pub struct Row<'a> {
@@ -50,7 +52,7 @@ WITH input AS (
     SELECT i.tenant_id, i.id, i.type, i.occurred_at, i.user_id, i.session_id, i.properties::jsonb,
            i.ip, i.user_agent, i.source, i.received_at
     FROM input i JOIN fresh f ON f.tenant_id = i.tenant_id AND f.id = i.id
-    RETURNING tenant_id, id, type, occurred_at
+    RETURNING tenant_id, id, type, occurred_at, user_id, session_id
 ), counted AS (
     INSERT INTO analytics_aggregates (tenant_id, event_type, hour_start, event_count)
     SELECT tenant_id, type, date_trunc('hour', occurred_at, 'UTC'), count(*)
@@ -58,7 +60,7 @@ WITH input AS (
     ON CONFLICT (tenant_id, event_type, hour_start)
     DO UPDATE SET event_count = analytics_aggregates.event_count + excluded.event_count
 )
-SELECT tenant_id, id FROM stored
+SELECT tenant_id, id, type, occurred_at, user_id, session_id FROM stored
 "#;
 
 /// Where events are written, and which PostgreSQL partitions exist.
@@ -134,6 +136,9 @@ impl Store {
             sources.push(e.source.as_str());
             received.push(e.received_at);
         }
+        // The events and their hourly counts (one statement), then their
+        // actors' numbers and bitmaps: one transaction.
+        let mut txn = self.db.get_postgres_connection_pool().begin().await?;
         let stored = sqlx::query(POSTGRES_INSERT)
             .bind(tenant_ids)
             .bind(ids)
@@ -146,18 +151,31 @@ impl Store {
             .bind(agents)
             .bind(sources)
             .bind(received)
-            .fetch_all(self.db.get_postgres_connection_pool())
+            .fetch_all(&mut *txn)
             .await?;
-        stored
-            .iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-            .collect()
+        let mut pairs = HashSet::with_capacity(stored.len());
+        let mut actors_seen = Vec::with_capacity(stored.len());
+        for row in &stored {
+            let tenant_id: Uuid = row.try_get(0)?;
+            pairs.insert((tenant_id, row.try_get(1)?));
+            actors_seen.push(Stored {
+                tenant_id,
+                event_type: row.try_get(2)?,
+                occurred_at: row.try_get(3)?,
+                user_id: row.try_get(4)?,
+                session_id: row.try_get(5)?,
+            });
+        }
+        actors::record_postgres(&mut txn, &actors_seen).await?;
+        txn.commit().await?;
+        Ok(pairs)
     }
 
     async fn insert_sqlite(&self, rows: &[Row<'_>]) -> anyhow::Result<HashSet<(Uuid, Uuid)>> {
         let mut txn = self.db.get_sqlite_connection_pool().begin().await?;
         let mut stored = HashSet::with_capacity(rows.len());
         let mut hourly: std::collections::BTreeMap<(Uuid, String, i64), i64> = Default::default();
+        let mut actors_seen = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(SQLITE_CHUNK) {
             let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO events (tenant_id, id, type, occurred_at, user_id, session_id, \
@@ -177,9 +195,19 @@ impl Store {
                     .push_bind(e.source.as_str())
                     .push_bind(e.received_at.timestamp_micros());
             });
-            query.push(" ON CONFLICT DO NOTHING RETURNING tenant_id, id, type, occurred_at");
+            query.push(
+                " ON CONFLICT DO NOTHING RETURNING tenant_id, id, type, occurred_at, user_id, session_id",
+            );
             for row in query.build().fetch_all(&mut *txn).await? {
                 stored.insert((row.try_get(0)?, row.try_get(1)?));
+                actors_seen.push(Stored {
+                    tenant_id: row.try_get(0)?,
+                    event_type: row.try_get(2)?,
+                    occurred_at: DateTime::from_timestamp_micros(row.try_get::<i64, _>(3)?)
+                        .unwrap_or_default(),
+                    user_id: row.try_get(4)?,
+                    session_id: row.try_get(5)?,
+                });
                 let hour = row.try_get::<i64, _>(3)?.div_euclid(HOUR_MICROS) * HOUR_MICROS;
                 *hourly
                     .entry((
@@ -208,6 +236,7 @@ impl Store {
             );
             query.build().execute(&mut *txn).await?;
         }
+        actors::record_sqlite(&mut txn, &actors_seen).await?;
         txn.commit().await?;
         Ok(stored)
     }

@@ -2,6 +2,7 @@
 //! [`Plan`](plan::Plan), answered from raw events, and assembled into
 //! series with every bucket present.
 
+pub mod bitmaps;
 pub mod budget;
 pub mod cached;
 mod cells;
@@ -63,6 +64,8 @@ pub const OTHER: &str = "__other__";
 pub enum Source {
     Raw,
     Rollup,
+    /// The hourly actor bitmaps (exact distinct counts).
+    Bitmap,
 }
 
 impl Source {
@@ -70,6 +73,7 @@ impl Source {
         match self {
             Source::Raw => "raw",
             Source::Rollup => "rollup",
+            Source::Bitmap => "bitmap",
         }
     }
 }
@@ -209,7 +213,9 @@ pub(crate) async fn run_plan(
         services.budgets.record_actual(rows);
     }
     let db_time = started.elapsed();
-    let source = if aggregates.from_rollups {
+    let source = if aggregates.from_bitmaps {
+        Source::Bitmap
+    } else if aggregates.from_rollups {
         Source::Rollup
     } else {
         Source::Raw

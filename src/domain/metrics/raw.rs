@@ -51,6 +51,9 @@ pub struct Aggregates {
     /// Answered from the hourly aggregates (and raw events only for the
     /// partial hours at the ends of the range).
     pub from_rollups: bool,
+    /// Answered from the hourly actor bitmaps (and raw events only for
+    /// the partial hours at the ends).
+    pub from_bitmaps: bool,
     /// Rows aggregated, where the statement counted them (decomposable
     /// measures).
     pub rows: Option<u64>,
@@ -660,6 +663,13 @@ pub fn rollup_window(plan: &Plan) -> Option<Window> {
     if !eligible {
         return None;
     }
+    rollup_hours(plan)
+}
+
+/// The whole UTC hours of the range, when every UTC hour of it lies in
+/// one local bucket (the zone's offset is a whole number of hours
+/// throughout) and there is at least one.
+pub fn rollup_hours(plan: &Plan) -> Option<Window> {
     let (first, changes) = time::offsets(plan.tz, plan.from, plan.to);
     if first % 3600 != 0 || changes.iter().any(|(_, o)| o % 3600 != 0) {
         return None;
@@ -840,6 +850,11 @@ pub async fn aggregate(
     plan: &Plan,
     tenant: uuid::Uuid,
 ) -> Result<Aggregates, sea_orm::DbErr> {
+    if let Some((kind, hours)) = super::bitmaps::window(plan)
+        && let Some(out) = super::bitmaps::aggregate(s, plan, tenant, kind, hours).await?
+    {
+        return Ok(out);
+    }
     let backend = s.backend();
     let parts = Statements::new(backend, plan, tenant);
     if cells::decomposes(plan.measure)

@@ -1,0 +1,413 @@
+//! Dense actor numbers and hourly distinct-actor bitmaps, kept by the
+//! ingestion writer in the transaction that stores the events (see the
+//! `actor_bitmaps` migration for the tables).
+//!
+//! For a written batch: the distinct user and session ids of the events
+//! actually stored (duplicates excluded) get numbers, existing ones read
+//! and new ones handed out from the tenant's counter; then one roaring
+//! bitmap per (tenant, kind, event type, UTC hour) is appended as a delta.
+//! On PostgreSQL the counters are locked in key order (`ON CONFLICT DO
+//! UPDATE`) before numbers are read, so concurrent writers, in this process
+//! or another, never hand out one number twice nor number one actor
+//! twice; the bitmap rows are plain inserts, so writers never contend on
+//! them. [`compact`] merges a key's deltas later.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use roaring::RoaringBitmap;
+use sea_orm::sqlx::{self, Row as _};
+use uuid::Uuid;
+
+/// Whose ids a number stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    User = 0,
+    Session = 1,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::User, Kind::Session];
+
+    pub fn code(self) -> i16 {
+        self as i16
+    }
+}
+
+/// What the writer knows of a stored event.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub tenant_id: Uuid,
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+}
+
+impl Stored {
+    fn actor(&self, kind: Kind) -> Option<&str> {
+        match kind {
+            Kind::User => self.user_id.as_deref(),
+            Kind::Session => self.session_id.as_deref(),
+        }
+    }
+}
+
+/// `(tenant, kind)` → the batch's distinct actors of that kind.
+type Wanted = BTreeMap<(Uuid, Kind), BTreeSet<String>>;
+/// `(tenant, kind, actor)` → number.
+type Numbers = HashMap<(Uuid, Kind, String), u32>;
+
+fn wanted(stored: &[Stored]) -> Wanted {
+    let mut out = Wanted::new();
+    for s in stored {
+        for kind in Kind::ALL {
+            if let Some(actor) = s.actor(kind) {
+                out.entry((s.tenant_id, kind))
+                    .or_default()
+                    .insert(actor.to_owned());
+            }
+        }
+    }
+    out
+}
+
+pub const HOUR_MICROS: i64 = 3_600_000_000;
+
+/// The start of `t`'s UTC hour.
+pub fn hour_of(t: DateTime<Utc>) -> DateTime<Utc> {
+    let micros = t.timestamp_micros().div_euclid(HOUR_MICROS) * HOUR_MICROS;
+    DateTime::from_timestamp_micros(micros).unwrap_or(t)
+}
+
+/// One delta per (tenant, kind, event type, hour), serialized.
+fn deltas(stored: &[Stored], numbers: &Numbers) -> anyhow::Result<Vec<Delta>> {
+    let mut maps: BTreeMap<(Uuid, Kind, String, DateTime<Utc>), RoaringBitmap> = BTreeMap::new();
+    for s in stored {
+        for kind in Kind::ALL {
+            let Some(actor) = s.actor(kind) else {
+                continue;
+            };
+            let number = numbers
+                .get(&(s.tenant_id, kind, actor.to_owned()))
+                .ok_or_else(|| anyhow::anyhow!("an actor without a number"))?;
+            maps.entry((
+                s.tenant_id,
+                kind,
+                s.event_type.clone(),
+                hour_of(s.occurred_at),
+            ))
+            .or_default()
+            .insert(*number);
+        }
+    }
+    maps.into_iter()
+        .map(|((tenant_id, kind, event_type, hour), bitmap)| {
+            let mut bytes = Vec::with_capacity(bitmap.serialized_size());
+            bitmap.serialize_into(&mut bytes)?;
+            Ok(Delta {
+                tenant_id,
+                kind,
+                event_type,
+                hour,
+                bytes,
+            })
+        })
+        .collect()
+}
+
+struct Delta {
+    tenant_id: Uuid,
+    kind: Kind,
+    event_type: String,
+    hour: DateTime<Utc>,
+    bytes: Vec<u8>,
+}
+
+/// Numbers and bitmap deltas for `stored`, on PostgreSQL, inside the
+/// writer's transaction.
+pub async fn record_postgres(
+    conn: &mut sqlx::PgConnection,
+    stored: &[Stored],
+) -> anyhow::Result<()> {
+    let wanted = wanted(stored);
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    // Lock (and create) each counter, in key order.
+    let keys: Vec<(Uuid, Kind)> = wanted.keys().copied().collect();
+    let rows = sqlx::query(
+        "INSERT INTO actor_counters (tenant_id, kind, next) \
+         SELECT t, k, 0 FROM unnest($1::uuid[], $2::int2[]) AS u(t, k) ORDER BY 1, 2 \
+         ON CONFLICT (tenant_id, kind) DO UPDATE SET next = actor_counters.next \
+         RETURNING tenant_id, kind, next",
+    )
+    .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.1.code()).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut next: HashMap<(Uuid, i16), i32> = HashMap::new();
+    for row in rows {
+        next.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+    }
+    // Who already has a number (read under the counters' locks: whoever
+    // numbered an actor of these tenants has committed).
+    let (mut tenants, mut kinds, mut actors) = (Vec::new(), Vec::new(), Vec::new());
+    for ((tenant, kind), set) in &wanted {
+        for actor in set {
+            tenants.push(*tenant);
+            kinds.push(kind.code());
+            actors.push(actor.as_str());
+        }
+    }
+    let known = sqlx::query(
+        "SELECT n.tenant_id, n.kind, n.actor, n.number FROM actor_numbers n \
+         JOIN unnest($1::uuid[], $2::int2[], $3::text[]) AS k(t, kd, a) \
+           ON n.tenant_id = k.t AND n.kind = k.kd AND n.actor = k.a",
+    )
+    .bind(&tenants)
+    .bind(&kinds)
+    .bind(&actors)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut numbers = Numbers::with_capacity(actors.len());
+    for row in known {
+        let kind = if row.try_get::<i16, _>(1)? == Kind::User.code() {
+            Kind::User
+        } else {
+            Kind::Session
+        };
+        numbers.insert(
+            (row.try_get(0)?, kind, row.try_get(2)?),
+            u32::try_from(row.try_get::<i32, _>(3)?)?,
+        );
+    }
+    let (mut new_t, mut new_k, mut new_a, mut new_n) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((tenant, kind), set) in &wanted {
+        let counter = next.entry((*tenant, kind.code())).or_insert(0);
+        for actor in set {
+            let key = (*tenant, *kind, actor.clone());
+            if numbers.contains_key(&key) {
+                continue;
+            }
+            let number = *counter;
+            *counter = counter
+                .checked_add(1)
+                .ok_or_else(|| anyhow::anyhow!("actor numbers exhausted for a tenant"))?;
+            numbers.insert(key, u32::try_from(number)?);
+            new_t.push(*tenant);
+            new_k.push(kind.code());
+            new_a.push(actor.as_str());
+            new_n.push(number);
+        }
+    }
+    if !new_a.is_empty() {
+        sqlx::query(
+            "INSERT INTO actor_numbers (tenant_id, kind, actor, number) \
+             SELECT * FROM unnest($1::uuid[], $2::int2[], $3::text[], $4::int4[])",
+        )
+        .bind(&new_t)
+        .bind(&new_k)
+        .bind(&new_a)
+        .bind(&new_n)
+        .execute(&mut *conn)
+        .await?;
+        let (ct, ck, cn): (Vec<Uuid>, Vec<i16>, Vec<i32>) = next.iter().fold(
+            (Vec::new(), Vec::new(), Vec::new()),
+            |mut acc, ((t, k), n)| {
+                acc.0.push(*t);
+                acc.1.push(*k);
+                acc.2.push(*n);
+                acc
+            },
+        );
+        sqlx::query(
+            "UPDATE actor_counters c SET next = u.n \
+             FROM unnest($1::uuid[], $2::int2[], $3::int4[]) AS u(t, k, n) \
+             WHERE c.tenant_id = u.t AND c.kind = u.k",
+        )
+        .bind(ct)
+        .bind(ck)
+        .bind(cn)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let deltas = deltas(stored, &numbers)?;
+    sqlx::query(
+        "INSERT INTO actor_bitmaps (tenant_id, kind, event_type, hour_start, bitmap) \
+         SELECT * FROM unnest($1::uuid[], $2::int2[], $3::text[], $4::timestamptz[], $5::bytea[])",
+    )
+    .bind(deltas.iter().map(|d| d.tenant_id).collect::<Vec<_>>())
+    .bind(deltas.iter().map(|d| d.kind.code()).collect::<Vec<_>>())
+    .bind(
+        deltas
+            .iter()
+            .map(|d| d.event_type.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(deltas.iter().map(|d| d.hour).collect::<Vec<_>>())
+    .bind(
+        deltas
+            .iter()
+            .map(|d| d.bytes.as_slice())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Rows per SQLite statement (4 or 5 columns each).
+const SQLITE_CHUNK: usize = 1_000;
+
+/// [`record_postgres`] on SQLite, where the writer's transaction holds the
+/// database's one write lock.
+pub async fn record_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    stored: &[Stored],
+) -> anyhow::Result<()> {
+    let wanted = wanted(stored);
+    let mut numbers = Numbers::new();
+    for ((tenant, kind), set) in &wanted {
+        let all: Vec<&String> = set.iter().collect();
+        for chunk in all.chunks(SQLITE_CHUNK) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT actor, number FROM actor_numbers WHERE tenant_id = ",
+            );
+            q.push_bind(*tenant)
+                .push(" AND kind = ")
+                .push_bind(kind.code())
+                .push(" AND actor IN (");
+            let mut list = q.separated(", ");
+            for actor in chunk {
+                list.push_bind(actor.as_str());
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut *conn).await? {
+                numbers.insert(
+                    (*tenant, *kind, row.try_get(0)?),
+                    u32::try_from(row.try_get::<i64, _>(1)?)?,
+                );
+            }
+        }
+        let mut counter: i64 = sqlx::query_scalar(
+            "SELECT next FROM actor_counters WHERE tenant_id = ?1 AND kind = ?2",
+        )
+        .bind(*tenant)
+        .bind(kind.code())
+        .fetch_optional(&mut *conn)
+        .await?
+        .unwrap_or(0);
+        let fresh: Vec<(&String, i64)> = set
+            .iter()
+            .filter(|a| !numbers.contains_key(&(*tenant, *kind, (*a).clone())))
+            .map(|a| {
+                let n = counter;
+                counter += 1;
+                (a, n)
+            })
+            .collect();
+        if fresh.is_empty() {
+            continue;
+        }
+        for chunk in fresh.chunks(SQLITE_CHUNK) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO actor_numbers (tenant_id, kind, actor, number) ",
+            );
+            q.push_values(chunk, |mut b, (actor, n)| {
+                b.push_bind(*tenant)
+                    .push_bind(kind.code())
+                    .push_bind(actor.as_str())
+                    .push_bind(*n);
+            });
+            q.build().execute(&mut *conn).await?;
+        }
+        for (actor, n) in &fresh {
+            numbers.insert((*tenant, *kind, (*actor).clone()), u32::try_from(*n)?);
+        }
+        sqlx::query(
+            "INSERT INTO actor_counters (tenant_id, kind, next) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (tenant_id, kind) DO UPDATE SET next = excluded.next",
+        )
+        .bind(*tenant)
+        .bind(kind.code())
+        .bind(counter)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let deltas = deltas(stored, &numbers)?;
+    for chunk in deltas.chunks(SQLITE_CHUNK) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO actor_bitmaps (tenant_id, kind, event_type, hour_start, bitmap) ",
+        );
+        q.push_values(chunk, |mut b, d| {
+            b.push_bind(d.tenant_id)
+                .push_bind(d.kind.code())
+                .push_bind(d.event_type.as_str())
+                .push_bind(d.hour.timestamp_micros())
+                .push_bind(d.bytes.as_slice());
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(secs, 0).expect("valid")
+    }
+
+    #[test]
+    fn one_delta_per_tenant_kind_type_and_hour() {
+        let t = Uuid::now_v7();
+        let ev = |kind: &str, secs: i64, user: &str, session: Option<&str>| Stored {
+            tenant_id: t,
+            event_type: kind.into(),
+            occurred_at: at(secs),
+            user_id: Some(user.into()),
+            session_id: session.map(Into::into),
+        };
+        let stored = vec![
+            ev("a", 3_600, "u1", Some("s1")),
+            ev("a", 3_601, "u2", None),
+            ev("a", 7_199, "u1", None),
+            ev("a", 7_200, "u1", None),
+            ev("b", 3_600, "u3", None),
+        ];
+        let mut numbers = Numbers::new();
+        for (i, u) in ["u1", "u2", "u3"].iter().enumerate() {
+            numbers.insert((t, Kind::User, (*u).into()), i as u32);
+        }
+        numbers.insert((t, Kind::Session, "s1".into()), 0);
+        let d = deltas(&stored, &numbers).expect("deltas");
+        let read = |d: &Delta| {
+            RoaringBitmap::deserialize_from(d.bytes.as_slice())
+                .expect("bitmap")
+                .iter()
+                .collect::<Vec<u32>>()
+        };
+        let summary: Vec<(Kind, &str, i64, Vec<u32>)> = d
+            .iter()
+            .map(|d| (d.kind, d.event_type.as_str(), d.hour.timestamp(), read(d)))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (Kind::User, "a", 3_600, vec![0, 1]),
+                (Kind::User, "a", 7_200, vec![0]),
+                (Kind::User, "b", 3_600, vec![2]),
+                (Kind::Session, "a", 3_600, vec![0]),
+            ]
+        );
+    }
+
+    #[test]
+    fn hours_floor_before_the_epoch_too() {
+        assert_eq!(hour_of(at(-1)).timestamp(), -3_600);
+        assert_eq!(hour_of(at(3_599)).timestamp(), 0);
+    }
+}

@@ -1,0 +1,244 @@
+//! `COUNT_DISTINCT` of `userId` or `sessionId` from the hourly actor
+//! bitmaps (`domain::events::actors`): per bucket the union of its hours'
+//! bitmaps, its cardinality, and the union of all for the totals. The
+//! partial hours at the ends of the range come from raw events, their
+//! actors looked up by number and added to the same unions, so the answer
+//! is exactly the raw path's.
+//!
+//! Eligible: no property filters (event types are fine), grouping by
+//! `type` at most, HOUR or coarser buckets (or none), a zone whose offset
+//! over the range is always a whole number of hours (each UTC hour then
+//! lies in one local bucket), at least one whole hour, and only hours the
+//! tenant's bitmaps cover (`actor_coverage`). Anything else, or an edge
+//! actor without a number, is answered from raw events.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use roaring::RoaringBitmap;
+use sea_orm::{DbBackend, DbErr};
+
+use super::Snapshot;
+use super::plan::{Field, Measure, Plan};
+use super::raw::{Aggregates, GroupKey, Window, new_sql, rollup_hours, statement};
+use super::time::{self, Granularity};
+use crate::domain::events::actors::Kind;
+use crate::domain::events::query::{time_at, time_value};
+
+/// The actors' kind and the whole UTC hours of the range, when the
+/// bitmaps can answer the plan (see the module doc; coverage is checked
+/// when it runs).
+pub fn window(plan: &Plan) -> Option<(Kind, Window)> {
+    let kind = match (&plan.measure, &plan.field) {
+        (Measure::CountDistinct, Some(Field::UserId)) => Kind::User,
+        (Measure::CountDistinct, Some(Field::SessionId)) => Kind::Session,
+        _ => return None,
+    };
+    let eligible = plan.filters.is_empty()
+        && plan.group_by.iter().all(|f| *f == Field::Type)
+        && plan.granularity != Some(Granularity::Minute);
+    if !eligible {
+        return None;
+    }
+    Some((kind, rollup_hours(plan)?))
+}
+
+fn column(kind: Kind) -> &'static str {
+    match kind {
+        Kind::User => "user_id",
+        Kind::Session => "session_id",
+    }
+}
+
+/// `(event type, bucket)` → the actors seen there.
+type Cells = HashMap<(String, Option<NaiveDateTime>), RoaringBitmap>;
+/// One type's buckets and their actors.
+type Buckets = Vec<(Option<NaiveDateTime>, RoaringBitmap)>;
+
+/// The plan's answer from the bitmaps, or `None` when they do not cover
+/// it (then the caller answers from raw events).
+pub async fn aggregate(
+    s: &mut Snapshot,
+    plan: &Plan,
+    tenant: uuid::Uuid,
+    kind: Kind,
+    (start, end): Window,
+) -> Result<Option<Aggregates>, DbErr> {
+    let backend = s.backend();
+    let first_hour = crate::domain::events::actors::hour_of(plan.from);
+    let mut sql = new_sql(backend);
+    let text = format!(
+        "SELECT raw_before FROM actor_coverage WHERE tenant_id = {}",
+        sql.bind(tenant)
+    );
+    if let Some(row) = s.query_one(statement(sql, text)).await?
+        && time_at(backend, &row, 0)? > first_hour
+    {
+        return Ok(None);
+    }
+    let bucket_of = |hour: DateTime<Utc>| {
+        plan.granularity
+            .map(|g| time::truncate(g, time::local(plan.tz, hour)))
+    };
+    let types = |sql: &mut super::raw::Sql| {
+        if plan.event_types.is_empty() {
+            return String::new();
+        }
+        let list: Vec<String> = plan
+            .event_types
+            .iter()
+            .map(|t| sql.bind(t.clone()))
+            .collect();
+        format!(" AND {{type}} IN ({})", list.join(", "))
+    };
+    let mut cells = Cells::new();
+
+    // Whole hours: the bitmaps.
+    let mut sql = new_sql(backend);
+    let text = format!(
+        "SELECT event_type, hour_start, bitmap FROM actor_bitmaps WHERE tenant_id = {} AND kind = {} \
+         AND hour_start >= {} AND hour_start < {}{}",
+        sql.bind(tenant),
+        sql.bind(kind.code()),
+        sql.bind(time_value(backend, start)),
+        sql.bind(time_value(backend, end)),
+        types(&mut sql).replace("{type}", "event_type"),
+    );
+    for row in s.query_all(statement(sql, text)).await? {
+        let event_type: String = row.try_get_by_index(0)?;
+        let hour = time_at(backend, &row, 1)?;
+        let bytes: Vec<u8> = row.try_get_by_index(2)?;
+        let bitmap = RoaringBitmap::deserialize_from(bytes.as_slice())
+            .map_err(|e| DbErr::Custom(format!("an unreadable actor bitmap: {e}")))?;
+        *cells.entry((event_type, bucket_of(hour))).or_default() |= bitmap;
+    }
+
+    // Partial hours at the ends: raw events, their actors by number.
+    let mut edge_actors: Vec<(String, Option<NaiveDateTime>, String)> = Vec::new();
+    for (from, to) in [(plan.from, start), (end, plan.to)] {
+        if from >= to {
+            continue;
+        }
+        let col = column(kind);
+        let mut sql = new_sql(backend);
+        let text = format!(
+            "SELECT type, {col} FROM events WHERE tenant_id = {} AND occurred_at >= {} \
+             AND occurred_at < {} AND {col} IS NOT NULL{} GROUP BY type, {col}",
+            sql.bind(tenant),
+            sql.bind(time_value(backend, from)),
+            sql.bind(time_value(backend, to)),
+            types(&mut sql).replace("{type}", "type"),
+        );
+        let bucket = bucket_of(crate::domain::events::actors::hour_of(from));
+        for row in s.query_all(statement(sql, text)).await? {
+            edge_actors.push((row.try_get_by_index(0)?, bucket, row.try_get_by_index(1)?));
+        }
+    }
+    if !edge_actors.is_empty() {
+        let mut names: Vec<&str> = edge_actors.iter().map(|(_, _, a)| a.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut numbers: HashMap<String, u32> = HashMap::with_capacity(names.len());
+        for chunk in names.chunks(1_000) {
+            let mut sql = new_sql(backend);
+            let list: Vec<String> = chunk.iter().map(|a| sql.bind((*a).to_owned())).collect();
+            let text = format!(
+                "SELECT actor, number FROM actor_numbers WHERE tenant_id = {} AND kind = {} AND actor IN ({})",
+                sql.bind(tenant),
+                sql.bind(kind.code()),
+                list.join(", ")
+            );
+            for row in s.query_all(statement(sql, text)).await? {
+                let number: i64 = if backend == DbBackend::Postgres {
+                    i64::from(row.try_get_by_index::<i32>(1)?)
+                } else {
+                    row.try_get_by_index::<i64>(1)?
+                };
+                numbers.insert(row.try_get_by_index(0)?, number as u32);
+            }
+        }
+        for (event_type, bucket, actor) in edge_actors {
+            let Some(number) = numbers.get(&actor) else {
+                // Written without a number (before the bitmaps existed):
+                // the raw path answers.
+                return Ok(None);
+            };
+            cells
+                .entry((event_type, bucket))
+                .or_default()
+                .insert(*number);
+        }
+    }
+    Ok(Some(assemble(plan, cells)))
+}
+
+/// Unions cells into the points and totals the raw path would give.
+fn assemble(plan: &Plan, cells: Cells) -> Aggregates {
+    let len = |b: &RoaringBitmap| Some(b.len() as f64);
+    let mut out = Aggregates {
+        from_bitmaps: true,
+        ..Default::default()
+    };
+    let mut all = RoaringBitmap::new();
+    if plan.group_by.is_empty() {
+        let mut buckets: HashMap<Option<NaiveDateTime>, RoaringBitmap> = HashMap::new();
+        for ((_, bucket), bitmap) in cells {
+            all |= &bitmap;
+            *buckets.entry(bucket).or_default() |= bitmap;
+        }
+        for (bucket, bitmap) in buckets {
+            out.points.insert((Some(Vec::new()), bucket), len(&bitmap));
+        }
+        out.total = len(&all);
+        return out;
+    }
+    // Grouped by type: rank the types by their totals (ties by name), as
+    // the raw ranking does; the rest sum into `__other__`.
+    let mut by_type: BTreeMap<String, Vec<(Option<NaiveDateTime>, RoaringBitmap)>> =
+        BTreeMap::new();
+    for ((event_type, bucket), bitmap) in cells {
+        all |= &bitmap;
+        by_type
+            .entry(event_type)
+            .or_default()
+            .push((bucket, bitmap));
+    }
+    out.total = len(&all);
+    let mut ranked: Vec<(String, f64, Buckets)> = by_type
+        .into_iter()
+        .map(|(t, buckets)| {
+            let mut union = RoaringBitmap::new();
+            for (_, b) in &buckets {
+                union |= b;
+            }
+            (t, union.len() as f64, buckets)
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    // `__other__` sums the other groups' values, as it does for every
+    // measure (API.md): per bucket and in total.
+    let mut other: HashMap<Option<NaiveDateTime>, f64> = HashMap::new();
+    let mut other_total = 0.0;
+    for (i, (event_type, total, buckets)) in ranked.into_iter().enumerate() {
+        if i < plan.limit {
+            let key: GroupKey = vec![Some(event_type)];
+            out.groups.push((key.clone(), Some(total)));
+            for (bucket, bitmap) in buckets {
+                out.points.insert((Some(key.clone()), bucket), len(&bitmap));
+            }
+        } else {
+            out.more_groups = true;
+            other_total += total;
+            for (bucket, bitmap) in buckets {
+                *other.entry(bucket).or_default() += bitmap.len() as f64;
+            }
+        }
+    }
+    if out.more_groups {
+        for (bucket, value) in other {
+            out.points.insert((None, bucket), Some(value));
+        }
+        out.other_total = Some(other_total);
+    }
+    out
+}
