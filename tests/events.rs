@@ -582,7 +582,7 @@ async fn the_bus_hears_of_events_only_after_they_are_committed() {
 }
 
 #[tokio::test]
-async fn retention_removes_exactly_the_events_past_each_tenants_cutoff() {
+async fn data_expiry_removes_exactly_the_events_past_each_tenants_cutoff_and_their_rollups() {
     let app = spawn_app().await;
     let acme = app.tenant("acme").await;
     let globex = app.tenant("globex").await;
@@ -590,7 +590,10 @@ async fn retention_removes_exactly_the_events_past_each_tenants_cutoff() {
     for t in [&acme, &globex] {
         let batch: Vec<Value> = ages
             .iter()
-            .map(|d| json!({ "type": "t", "timestamp": ago(*d), "properties": { "age": d } }))
+            .map(|d| {
+                json!({ "type": "t", "timestamp": ago(*d), "userId": format!("u{d}"),
+                "properties": { "age": d } })
+            })
             .collect();
         assert_eq!(
             app.post_events(&app.token(t, Role::Editor), Value::Array(batch))
@@ -614,13 +617,9 @@ async fn retention_removes_exactly_the_events_past_each_tenants_cutoff() {
     // Every server in a shared test database runs this job when it starts,
     // so another test's server may get there first: what counts is what
     // is left, not who deleted it.
-    pulse::domain::events::retention::run_once(
-        &app.state.event_store,
-        &app.state.cache,
-        Utc::now(),
-    )
-    .await
-    .expect("retention");
+    pulse::domain::events::expiry::run_once(&app.state.event_store, &app.state.cache, Utc::now())
+        .await
+        .expect("retention");
 
     let left = |t: &TestTenant| {
         let (app, token) = (&app, app.token(t, Role::Viewer));
@@ -641,6 +640,28 @@ async fn retention_removes_exactly_the_events_past_each_tenants_cutoff() {
         [1, 29, 31, 100, 390],
         "another tenant's retention applied"
     );
+    // The actor bitmaps of what went went with it: distinct users come
+    // from them and count only who is left.
+    let users = |t: &TestTenant| {
+        let (app, token) = (&app, app.token(t, Role::Viewer));
+        async move {
+            let body = app
+                .gql_as(
+                    &token,
+                    "query($q: MetricQueryInput!) { metrics(query: $q) { total } }",
+                    json!({ "q": { "measure": "COUNT_DISTINCT", "field": "userId",
+                                   "granularity": "DAY", "range": { "last": "400d" } } }),
+                )
+                .await;
+            assert_eq!(
+                body["extensions"]["queries"][0]["source"], "bitmap",
+                "{body}"
+            );
+            data(&body)["metrics"]["total"].as_f64()
+        }
+    };
+    assert_eq!(users(&acme).await, Some(2.0));
+    assert_eq!(users(&globex).await, Some(5.0));
     // And an event older than the new retention is now refused.
     let (status, _) = app
         .post_events(

@@ -11,12 +11,12 @@ use std::time::Duration;
 use chrono::Utc;
 
 use crate::app::AppState;
-use crate::domain::events::retention;
+use crate::domain::events::expiry;
 
 /// How many months of partitions are kept ready ahead of the current one.
 pub const PARTITIONS_AHEAD: i32 = 2;
 const PARTITION_EVERY: Duration = Duration::from_secs(6 * 3600);
-const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+const EXPIRY_EVERY: Duration = Duration::from_secs(3600);
 
 /// Starts the jobs; abort the handles to stop them.
 pub fn spawn(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
@@ -37,19 +37,18 @@ pub fn spawn(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
             }
         })
     };
-    let retention = {
+    let expiry = {
         let state = state.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RETENTION_EVERY);
+            let mut tick = tokio::time::interval(EXPIRY_EVERY);
             loop {
                 tick.tick().await;
-                if let Err(e) =
-                    retention::run_once(&state.event_store, &state.cache, Utc::now()).await
+                if let Err(e) = expiry::run_once(&state.event_store, &state.cache, Utc::now()).await
                 {
-                    tracing::warn!(error = format!("{e:#}"), "retention failed");
+                    tracing::warn!(error = format!("{e:#}"), "data expiry failed");
                 }
             }
         })
     };
-    vec![partitions, retention]
+    vec![partitions, expiry]
 }

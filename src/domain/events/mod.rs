@@ -1,5 +1,5 @@
-//! Events: validation, the group-commit writer, storage, reading, and
-//! retention.
+//! Events: validation, the group-commit writer, storage, actor numbers
+//! and bitmaps, reading, and data expiry.
 //!
 //! Both entry points (`POST /v1/events` and the `ingestEvents` mutation)
 //! call [`ingest`]: validate the whole batch, then hand it to the
@@ -11,8 +11,8 @@
 //! and `query` speak to each backend directly, behind one interface.
 
 pub mod actors;
+pub mod expiry;
 pub mod query;
-pub mod retention;
 pub mod store;
 pub mod validate;
 pub mod writer;

@@ -1,4 +1,6 @@
-//! Retention: events older than their tenant's `retention_days` go.
+//! Data expiry: events older than their tenant's `retention_days` go,
+//! with their hourly counts and actor bitmaps. (Named apart from cohort
+//! retention, `metrics::journey`, which is an analysis, not a deletion.)
 //!
 //! On PostgreSQL, a monthly partition older than every tenant's cutoff is
 //! dropped whole (instant, no bloat); the rest is deleted row by row per
@@ -16,7 +18,7 @@ use crate::domain::tenants::TenantSettings;
 use crate::entities::tenant;
 
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct RetentionReport {
+pub struct ExpiryReport {
     pub partitions_dropped: usize,
     pub events_deleted: u64,
 }
@@ -26,7 +28,7 @@ pub async fn run_once(
     store: &Store,
     cache: &HotCache,
     now: DateTime<Utc>,
-) -> anyhow::Result<RetentionReport> {
+) -> anyhow::Result<ExpiryReport> {
     let db = store.db();
     let backend = db.get_database_backend();
     let tenants = tenant::Entity::find().all(db).await?;
@@ -41,7 +43,7 @@ pub async fn run_once(
             (t.id, DateTime::from_timestamp(hour, 0).unwrap_or(cutoff))
         })
         .collect();
-    let mut report = RetentionReport::default();
+    let mut report = ExpiryReport::default();
     let Some(oldest_needed) = cutoffs.iter().map(|(_, c)| *c).min() else {
         return Ok(report);
     };
@@ -69,18 +71,21 @@ pub async fn run_once(
             // Cached buckets before the cutoff counted what just went.
             cache.bump(tenant_id, &[Mark::epoch()]).await?;
         }
-        let delete = Query::delete()
-            .from_table(Alias::new("analytics_aggregates"))
-            .and_where(Expr::col(Alias::new("tenant_id")).eq(tenant_id))
-            .and_where(Expr::col(Alias::new("hour_start")).lt(time_value(backend, cutoff)))
-            .to_owned();
-        db.execute(&delete).await?;
+        // The hourly rollups of what went: counts and actor bitmaps.
+        for rollup in ["analytics_aggregates", "actor_bitmaps"] {
+            let delete = Query::delete()
+                .from_table(Alias::new(rollup))
+                .and_where(Expr::col(Alias::new("tenant_id")).eq(tenant_id))
+                .and_where(Expr::col(Alias::new("hour_start")).lt(time_value(backend, cutoff)))
+                .to_owned();
+            db.execute(&delete).await?;
+        }
     }
-    if report != RetentionReport::default() {
+    if report != ExpiryReport::default() {
         tracing::info!(
             partitions_dropped = report.partitions_dropped,
             events_deleted = report.events_deleted,
-            "retention applied"
+            "data expiry applied"
         );
     }
     Ok(report)
