@@ -1057,3 +1057,63 @@ async fn a_grouping_with_too_many_cells_for_one_statement_keeps_its_answer() {
         assert_eq!(r["total"], json!(total), "{measure}");
     }
 }
+
+/// Each written batch appends a bitmap delta per hour and type; the
+/// background merge folds them into one row per key without changing an
+/// answer.
+#[tokio::test]
+async fn bitmap_deltas_merge_without_changing_answers() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let app = spawn_app().await;
+    let t = app.tenant("bitmap-merge").await;
+    let editor = app.token(&t, Role::Editor);
+    let viewer = app.token(&t, Role::Viewer);
+    let hour = chrono::Utc::now() - chrono::Duration::hours(3);
+    for batch in 0..4 {
+        let events: Vec<Value> = (0..10)
+            .map(|i| {
+                json!({ "type": "visit", "userId": format!("u{}", batch * 5 + i),
+                             "timestamp": hour.to_rfc3339() })
+            })
+            .collect();
+        let (status, body) = app.post_events(&editor, Value::Array(events)).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let q = json!({ "q": { "measure": "COUNT_DISTINCT", "field": "userId", "granularity": "HOUR",
+                           "range": { "last": "1d" } } });
+    let before = app.gql_as(&viewer, METRICS, q.clone()).await;
+    assert_eq!(
+        before["extensions"]["queries"][0]["source"], "bitmap",
+        "{before}"
+    );
+    assert_eq!(data(&before)["metrics"]["total"], 25.0);
+    let db = &app.state.db;
+    let rows = || async {
+        let backend = db.get_database_backend();
+        let sql = if is_postgres() {
+            "SELECT count(*) FROM actor_bitmaps WHERE tenant_id = $1 AND kind = 0"
+        } else {
+            "SELECT count(*) FROM actor_bitmaps WHERE tenant_id = ?1 AND kind = 0"
+        };
+        db.query_one_raw(Statement::from_sql_and_values(backend, sql, [t.id.into()]))
+            .await
+            .expect("count")
+            .expect("row")
+            .try_get_by_index::<i64>(0)
+            .expect("n")
+    };
+    assert_eq!(rows().await, 4, "one delta per batch");
+    while pulse::domain::events::actors::compact(db)
+        .await
+        .expect("compact")
+        > 0
+    {}
+    assert_eq!(rows().await, 1, "merged into one");
+    let after = app.gql_as(&viewer, METRICS, q).await;
+    let strip = |v: &Value| {
+        let mut m = v["data"]["metrics"].clone();
+        m["computedAt"] = Value::Null;
+        m
+    };
+    assert_eq!(strip(&before), strip(&after));
+}

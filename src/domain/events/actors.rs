@@ -10,7 +10,7 @@
 //! UPDATE`) before numbers are read, so concurrent writers, in this process
 //! or another, never hand out one number twice nor number one actor
 //! twice; the bitmap rows are plain inserts, so writers never contend on
-//! them. [`compact`] merges a key's deltas later.
+//! them. [`compact`] merges a key's deltas later (a background job).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -351,6 +351,155 @@ pub async fn record_sqlite(
         q.build().execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// Keys merged per [`compact`] call, at most.
+const COMPACT_KEYS: i64 = 500;
+
+/// Merges the deltas of up to 500 keys that have more than one into one
+/// row each; returns how many keys it merged. Each key is merged in a
+/// transaction of its own: readers see either the deltas or their union,
+/// and writers appending new deltas meanwhile are not in the way. A named
+/// system path (it spans tenants).
+pub async fn compact(db: &sea_orm::DatabaseConnection) -> anyhow::Result<usize> {
+    use sea_orm::DbBackend;
+    match db.get_database_backend() {
+        DbBackend::Postgres => {
+            let pool = db.get_postgres_connection_pool();
+            let keys = sqlx::query(
+                "SELECT tenant_id, kind, event_type, hour_start FROM actor_bitmaps \
+                 GROUP BY tenant_id, kind, event_type, hour_start HAVING count(*) > 1 LIMIT $1",
+            )
+            .bind(COMPACT_KEYS)
+            .fetch_all(pool)
+            .await?;
+            for key in &keys {
+                let (tenant, kind, event_type, hour): (Uuid, i16, String, DateTime<Utc>) = (
+                    key.try_get(0)?,
+                    key.try_get(1)?,
+                    key.try_get(2)?,
+                    key.try_get(3)?,
+                );
+                let mut txn = pool.begin().await?;
+                let rows = sqlx::query(
+                    "SELECT id, bitmap FROM actor_bitmaps WHERE tenant_id = $1 AND kind = $2 \
+                     AND event_type = $3 AND hour_start = $4 FOR UPDATE",
+                )
+                .bind(tenant)
+                .bind(kind)
+                .bind(&event_type)
+                .bind(hour)
+                .fetch_all(&mut *txn)
+                .await?;
+                let (ids, merged) = merge(
+                    rows.iter()
+                        .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?))),
+                )?;
+                if ids.len() > 1 {
+                    sqlx::query("DELETE FROM actor_bitmaps WHERE id = ANY($1)")
+                        .bind(&ids)
+                        .execute(&mut *txn)
+                        .await?;
+                    sqlx::query(
+                        "INSERT INTO actor_bitmaps (tenant_id, kind, event_type, hour_start, bitmap) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(tenant)
+                    .bind(kind)
+                    .bind(&event_type)
+                    .bind(hour)
+                    .bind(merged)
+                    .execute(&mut *txn)
+                    .await?;
+                }
+                txn.commit().await?;
+            }
+            Ok(keys.len())
+        }
+        _ => {
+            let pool = db.get_sqlite_connection_pool();
+            let keys = sqlx::query(
+                "SELECT tenant_id, kind, event_type, hour_start FROM actor_bitmaps \
+                 GROUP BY tenant_id, kind, event_type, hour_start HAVING count(*) > 1 LIMIT ?1",
+            )
+            .bind(COMPACT_KEYS)
+            .fetch_all(pool)
+            .await?;
+            for key in &keys {
+                let (tenant, kind, event_type, hour): (Uuid, i64, String, i64) = (
+                    key.try_get(0)?,
+                    key.try_get(1)?,
+                    key.try_get(2)?,
+                    key.try_get(3)?,
+                );
+                // IMMEDIATE: take the write lock before reading what to merge.
+                let mut conn = pool.acquire().await?;
+                sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+                let result: anyhow::Result<()> = async {
+                    let rows = sqlx::query(
+                        "SELECT id, bitmap FROM actor_bitmaps WHERE tenant_id = ?1 AND kind = ?2 \
+                         AND event_type = ?3 AND hour_start = ?4",
+                    )
+                    .bind(tenant)
+                    .bind(kind)
+                    .bind(&event_type)
+                    .bind(hour)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    let (ids, merged) = merge(rows.iter().map(|r| {
+                        Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?))
+                    }))?;
+                    if ids.len() > 1 {
+                        for id in &ids {
+                            sqlx::query("DELETE FROM actor_bitmaps WHERE id = ?1")
+                                .bind(id)
+                                .execute(&mut *conn)
+                                .await?;
+                        }
+                        sqlx::query(
+                            "INSERT INTO actor_bitmaps (tenant_id, kind, event_type, hour_start, bitmap) \
+                             VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )
+                        .bind(tenant)
+                        .bind(kind)
+                        .bind(&event_type)
+                        .bind(hour)
+                        .bind(merged)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    Ok(())
+                }
+                .await;
+                match result {
+                    Ok(()) => {
+                        sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+                    }
+                    Err(e) => {
+                        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(keys.len())
+        }
+    }
+}
+
+/// The ids of a key's rows and the union of their bitmaps, serialized.
+fn merge(
+    rows: impl Iterator<Item = anyhow::Result<(i64, Vec<u8>)>>,
+) -> anyhow::Result<(Vec<i64>, Vec<u8>)> {
+    let mut ids = Vec::new();
+    let mut union = RoaringBitmap::new();
+    for row in rows {
+        let (id, bytes) = row?;
+        ids.push(id);
+        union |= RoaringBitmap::deserialize_from(bytes.as_slice())?;
+    }
+    let mut out = Vec::with_capacity(union.serialized_size());
+    union.serialize_into(&mut out)?;
+    Ok((ids, out))
 }
 
 #[cfg(test)]
