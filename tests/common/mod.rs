@@ -535,3 +535,77 @@ impl Drop for OwnRedis {
         self.stop();
     }
 }
+
+/// `pulse serve` as a child process on `database_url` (with Redis when
+/// the run has it), listening on a free port; killed when dropped.
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    pub fn start(database_url: &str, env: &[(&str, &str)]) -> ServerProcess {
+        use std::io::BufRead as _;
+        let dir = tempfile::tempdir().expect("scratch");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pulse"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("PULSE_") {
+                cmd.env_remove(k);
+            }
+        }
+        if let Some(redis) = redis_url() {
+            cmd.env("PULSE_REDIS_URL", redis);
+        }
+        cmd.current_dir(dir.path())
+            .arg("serve")
+            .env("PULSE_JWT_SECRET", TEST_SECRET)
+            .env("PULSE_DATABASE_URL", database_url)
+            .env("PULSE_LISTEN", "127.0.0.1:0")
+            .env("PULSE_LOG_FORMAT", "json")
+            .env("PULSE_LOG", "info")
+            .env("PULSE_DEMO", "0")
+            .env("PULSE_BACKGROUND_JOBS", "false")
+            .env("PULSE_ALERT_EVALUATION", "false")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn pulse serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pulse serve did not start"
+            );
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                panic!("pulse serve exited before listening");
+            };
+            if let Ok(entry) = serde_json::from_str::<Value>(&line)
+                && let Some(addr) = entry["addr"].as_str()
+            {
+                break addr.to_owned();
+            }
+        };
+        // Keep draining its log so that it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        ServerProcess {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
