@@ -4,6 +4,10 @@
 //! Every failure ends as one line on stderr (`pulse: …`) and exit code 1;
 //! stdout carries only what a command is asked to print.
 
+// The merged GraphQL roots nest deeply enough that the optimiser's layout
+// queries pass the default limit of 128 in release builds.
+#![recursion_limit = "256"]
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
