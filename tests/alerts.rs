@@ -1090,36 +1090,18 @@ async fn alerts_their_history_and_their_events_stay_in_their_tenant() {
 }
 
 /// `pulse serve` as a second process on the test's database, evaluating
-/// `slug`'s alerts (1 s minimum interval, 100 ms poll), with Redis when
-/// the run has it; killed when dropped.
-fn evaluator_process(database_url: &str, slug: &str, dir: &tempfile::TempDir) -> Killed {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pulse"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PULSE_") {
-            command.env_remove(k);
-        }
-    }
-    if let Some(redis) = redis_url() {
-        command.env("PULSE_REDIS_URL", redis);
-    }
-    Killed(
-        command
-            .current_dir(dir.path())
-            .arg("serve")
-            .env("PULSE_DATABASE_URL", database_url)
-            .env("PULSE_JWT_SECRET", TEST_SECRET)
-            .env("PULSE_LISTEN", "127.0.0.1:0")
-            .env("PULSE_DEMO", "0")
-            .env("PULSE_LOG", "warn")
-            .env("PULSE_BACKGROUND_JOBS", "false")
-            .env("PULSE_ALERT_TENANTS", slug)
-            .env("PULSE_ALERT_MIN_INTERVAL", "1s")
-            .env("PULSE_ALERT_POLL_MS", "100")
-            .env("PULSE_WEBHOOK_ALLOW_PRIVATE", "true")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn pulse serve"),
+/// `slug`'s alerts (1 s minimum interval, 100 ms poll); killed when
+/// dropped.
+fn evaluator_process(database_url: &str, slug: &str) -> ServerProcess {
+    ServerProcess::start(
+        database_url,
+        &[
+            ("PULSE_ALERT_EVALUATION", "true"),
+            ("PULSE_ALERT_TENANTS", slug),
+            ("PULSE_ALERT_MIN_INTERVAL", "1s"),
+            ("PULSE_ALERT_POLL_MS", "100"),
+            ("PULSE_WEBHOOK_ALLOW_PRIVATE", "true"),
+        ],
     )
 }
 
@@ -1131,8 +1113,7 @@ async fn two_processes_record_and_notify_each_transition_exactly_once() {
     }
     let slug = slug("alert-two");
     let first = alert_app(&slug, &[]).await;
-    let dir = tempfile::tempdir().expect("scratch");
-    let _second = evaluator_process(&first.state.config.database.url, &slug, &dir);
+    let _second = evaluator_process(&first.state.config.database.url, &slug);
     let t = first.tenant_slugged(slug, TenantStatus::Active).await;
     let editor = first.token(&t, Role::Editor);
     let receiver = Receiver::start(SECRET, &[]).await;
@@ -1303,17 +1284,6 @@ async fn concurrent_claims_give_each_due_alert_to_exactly_one_instance() {
     assert_eq!(stolen.len(), 20);
 }
 
-/// A child process killed (and reaped) when dropped, so a failing test
-/// leaves no server behind.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_killed_instances_alerts_are_taken_over_within_two_intervals() {
     if !is_postgres() {
@@ -1330,8 +1300,7 @@ async fn a_killed_instances_alerts_are_taken_over_within_two_intervals() {
     let editor = app.token(&t, Role::Editor);
     // The first evaluator: the real binary, killed with SIGKILL (no
     // chance to hand its leases on).
-    let dir = tempfile::tempdir().expect("scratch");
-    let mut child = evaluator_process(&app.state.config.database.url, &slug, &dir);
+    let mut child = evaluator_process(&app.state.config.database.url, &slug);
     let alert = create_ok(
         &app,
         &editor,
@@ -1363,9 +1332,8 @@ async fn a_killed_instances_alerts_are_taken_over_within_two_intervals() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    child.0.kill().expect("kill");
+    child.kill();
     let killed_at = chrono::Utc::now();
-    let _ = child.0.wait();
     let last_by_child = row(app.state.db.clone())
         .await
         .last_evaluated_at

@@ -43,6 +43,8 @@ struct SenderReport {
 
 pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     args.server.seed_demo().await?;
+    // The writer is measured, not the tenant's ingestion rate limit.
+    crate::http::raise_limits(&args.server.database_url, &[args.tenant.as_str()]).await?;
     let token = args.server.token(&args.tenant, "EDITOR").await?;
     let server = args.server.start().await?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();

@@ -49,6 +49,8 @@ type Span = std::ops::Range<i64>;
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     args.server.seed_demo().await?;
+    let tenants: Vec<&str> = args.tenants.iter().map(String::as_str).collect();
+    crate::http::raise_limits(&args.server.database_url, &tenants).await?;
     let mut tokens = Vec::new();
     for t in &args.tenants {
         tokens.push(args.server.token(t, "EDITOR").await?);

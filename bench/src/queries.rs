@@ -97,8 +97,21 @@ pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
-pub async fn run(args: QueriesArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: QueriesArgs) -> anyhow::Result<()> {
     args.server.seed_demo().await?;
+    // The table measures the engine: no hot cache (unless the caller
+    // says otherwise), and no rate limit or budget in the way.
+    if !args
+        .server
+        .server_env
+        .iter()
+        .any(|(k, _)| k == "PULSE_HOT_CACHE")
+    {
+        args.server
+            .server_env
+            .push(("PULSE_HOT_CACHE".into(), "0".into()));
+    }
+    crate::http::raise_limits(&args.server.database_url, &[args.tenant.as_str()]).await?;
     let token = args.server.token(&args.tenant, "VIEWER").await?;
     let server = args.server.start().await?;
     let client = reqwest::Client::new();

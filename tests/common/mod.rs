@@ -601,6 +601,12 @@ impl ServerProcess {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
+    /// SIGKILL: no chance to finish anything or hand anything on.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill");
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for ServerProcess {

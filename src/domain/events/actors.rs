@@ -6,11 +6,13 @@
 //! actually stored (duplicates excluded) get numbers, existing ones read
 //! and new ones handed out from the tenant's counter; then one roaring
 //! bitmap per (tenant, kind, event type, UTC hour) is appended as a delta.
-//! On PostgreSQL the counters are locked in key order (`ON CONFLICT DO
-//! UPDATE`) before numbers are read, so concurrent writers, in this process
-//! or another, never hand out one number twice nor number one actor
-//! twice; the bitmap rows are plain inserts, so writers never contend on
-//! them. [`compact`] merges a key's deltas later (a background job).
+//! On PostgreSQL known actors are read without a lock; only a batch with
+//! new actors locks their tenants' counters (in key order, `ON CONFLICT DO
+//! UPDATE`) and reads again under the lock, so concurrent writers, in this
+//! process or another, never hand out one number twice nor number one
+//! actor twice, and in the steady state (actors seen before) writers do
+//! not wait for each other. The bitmap rows are plain inserts, so writers
+//! never contend on them. [`compact`] merges a key's deltas later (a background job).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -134,104 +136,23 @@ pub async fn record_postgres(
     if wanted.is_empty() {
         return Ok(());
     }
-    // Lock (and create) each counter, in key order.
-    let keys: Vec<(Uuid, Kind)> = wanted.keys().copied().collect();
-    let rows = sqlx::query(
-        "INSERT INTO actor_counters (tenant_id, kind, next) \
-         SELECT t, k, 0 FROM unnest($1::uuid[], $2::int2[]) AS u(t, k) ORDER BY 1, 2 \
-         ON CONFLICT (tenant_id, kind) DO UPDATE SET next = actor_counters.next \
-         RETURNING tenant_id, kind, next",
-    )
-    .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
-    .bind(keys.iter().map(|k| k.1.code()).collect::<Vec<_>>())
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut next: HashMap<(Uuid, i16), i32> = HashMap::new();
-    for row in rows {
-        next.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
-    }
-    // Who already has a number (read under the counters' locks: whoever
-    // numbered an actor of these tenants has committed).
-    let (mut tenants, mut kinds, mut actors) = (Vec::new(), Vec::new(), Vec::new());
-    for ((tenant, kind), set) in &wanted {
-        for actor in set {
-            tenants.push(*tenant);
-            kinds.push(kind.code());
-            actors.push(actor.as_str());
-        }
-    }
-    let known = sqlx::query(
-        "SELECT n.tenant_id, n.kind, n.actor, n.number FROM actor_numbers n \
-         JOIN unnest($1::uuid[], $2::int2[], $3::text[]) AS k(t, kd, a) \
-           ON n.tenant_id = k.t AND n.kind = k.kd AND n.actor = k.a",
-    )
-    .bind(&tenants)
-    .bind(&kinds)
-    .bind(&actors)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut numbers = Numbers::with_capacity(actors.len());
-    for row in known {
-        let kind = if row.try_get::<i16, _>(1)? == Kind::User.code() {
-            Kind::User
-        } else {
-            Kind::Session
-        };
-        numbers.insert(
-            (row.try_get(0)?, kind, row.try_get(2)?),
-            u32::try_from(row.try_get::<i32, _>(3)?)?,
-        );
-    }
-    let (mut new_t, mut new_k, mut new_a, mut new_n) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for ((tenant, kind), set) in &wanted {
-        let counter = next.entry((*tenant, kind.code())).or_insert(0);
-        for actor in set {
-            let key = (*tenant, *kind, actor.clone());
-            if numbers.contains_key(&key) {
-                continue;
-            }
-            let number = *counter;
-            *counter = counter
-                .checked_add(1)
-                .ok_or_else(|| anyhow::anyhow!("actor numbers exhausted for a tenant"))?;
-            numbers.insert(key, u32::try_from(number)?);
-            new_t.push(*tenant);
-            new_k.push(kind.code());
-            new_a.push(actor.as_str());
-            new_n.push(number);
-        }
-    }
-    if !new_a.is_empty() {
-        sqlx::query(
-            "INSERT INTO actor_numbers (tenant_id, kind, actor, number) \
-             SELECT * FROM unnest($1::uuid[], $2::int2[], $3::text[], $4::int4[])",
-        )
-        .bind(&new_t)
-        .bind(&new_k)
-        .bind(&new_a)
-        .bind(&new_n)
-        .execute(&mut *conn)
-        .await?;
-        let (ct, ck, cn): (Vec<Uuid>, Vec<i16>, Vec<i32>) = next.iter().fold(
-            (Vec::new(), Vec::new(), Vec::new()),
-            |mut acc, ((t, k), n)| {
-                acc.0.push(*t);
-                acc.1.push(*k);
-                acc.2.push(*n);
-                acc
-            },
-        );
-        sqlx::query(
-            "UPDATE actor_counters c SET next = u.n \
-             FROM unnest($1::uuid[], $2::int2[], $3::int4[]) AS u(t, k, n) \
-             WHERE c.tenant_id = u.t AND c.kind = u.k",
-        )
-        .bind(ct)
-        .bind(ck)
-        .bind(cn)
-        .execute(&mut *conn)
-        .await?;
+    // Most actors of a batch have been seen before: read their numbers
+    // without taking any lock.
+    let mut numbers = Numbers::new();
+    known_postgres(conn, &wanted, &mut numbers).await?;
+    let missing: Wanted = wanted
+        .iter()
+        .filter_map(|(&(tenant, kind), set)| {
+            let new: BTreeSet<String> = set
+                .iter()
+                .filter(|a| !numbers.contains_key(&(tenant, kind, (*a).clone())))
+                .cloned()
+                .collect();
+            (!new.is_empty()).then_some(((tenant, kind), new))
+        })
+        .collect();
+    if !missing.is_empty() {
+        number_postgres(conn, &missing, &mut numbers).await?;
     }
     let deltas = deltas(stored, &numbers)?;
     sqlx::query(
@@ -253,6 +174,112 @@ pub async fn record_postgres(
             .map(|d| d.bytes.as_slice())
             .collect::<Vec<_>>(),
     )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Adds the numbers `wanted` actors already have to `numbers`: one
+/// primary-key lookup per tenant and kind (`actor = ANY(…)`).
+async fn known_postgres(
+    conn: &mut sqlx::PgConnection,
+    wanted: &Wanted,
+    numbers: &mut Numbers,
+) -> anyhow::Result<()> {
+    for ((tenant, kind), set) in wanted {
+        let actors: Vec<&str> = set.iter().map(String::as_str).collect();
+        let rows = sqlx::query(
+            "SELECT actor, number FROM actor_numbers \
+             WHERE tenant_id = $1 AND kind = $2 AND actor = ANY($3::text[])",
+        )
+        .bind(*tenant)
+        .bind(kind.code())
+        .bind(&actors)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            numbers.insert(
+                (*tenant, *kind, row.try_get(0)?),
+                u32::try_from(row.try_get::<i32, _>(1)?)?,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Numbers the `missing` actors: locks their tenants' counters (in key
+/// order), reads again who was numbered meanwhile by a writer that held
+/// them, and hands out the next numbers to the rest.
+async fn number_postgres(
+    conn: &mut sqlx::PgConnection,
+    missing: &Wanted,
+    numbers: &mut Numbers,
+) -> anyhow::Result<()> {
+    let keys: Vec<(Uuid, Kind)> = missing.keys().copied().collect();
+    let rows = sqlx::query(
+        "INSERT INTO actor_counters (tenant_id, kind, next) \
+         SELECT t, k, 0 FROM unnest($1::uuid[], $2::int2[]) AS u(t, k) ORDER BY 1, 2 \
+         ON CONFLICT (tenant_id, kind) DO UPDATE SET next = actor_counters.next \
+         RETURNING tenant_id, kind, next",
+    )
+    .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.1.code()).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut next: HashMap<(Uuid, i16), i32> = HashMap::new();
+    for row in rows {
+        next.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+    }
+    // Under the counters' locks: whoever numbered these actors meanwhile
+    // has committed, and nobody else numbers them until this commits.
+    known_postgres(conn, missing, numbers).await?;
+    let (mut new_t, mut new_k, mut new_a, mut new_n) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((tenant, kind), set) in missing {
+        let counter = next.entry((*tenant, kind.code())).or_insert(0);
+        for actor in set {
+            let key = (*tenant, *kind, actor.clone());
+            if numbers.contains_key(&key) {
+                continue;
+            }
+            let number = *counter;
+            *counter = counter
+                .checked_add(1)
+                .ok_or_else(|| anyhow::anyhow!("actor numbers exhausted for a tenant"))?;
+            numbers.insert(key, u32::try_from(number)?);
+            new_t.push(*tenant);
+            new_k.push(kind.code());
+            new_a.push(actor.as_str());
+            new_n.push(number);
+        }
+    }
+    if new_a.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO actor_numbers (tenant_id, kind, actor, number) \
+         SELECT * FROM unnest($1::uuid[], $2::int2[], $3::text[], $4::int4[])",
+    )
+    .bind(&new_t)
+    .bind(&new_k)
+    .bind(&new_a)
+    .bind(&new_n)
+    .execute(&mut *conn)
+    .await?;
+    let (mut ct, mut ck, mut cn) = (Vec::new(), Vec::new(), Vec::new());
+    for ((t, k), n) in &next {
+        ct.push(*t);
+        ck.push(*k);
+        cn.push(*n);
+    }
+    sqlx::query(
+        "UPDATE actor_counters c SET next = u.n \
+         FROM unnest($1::uuid[], $2::int2[], $3::int4[]) AS u(t, k, n) \
+         WHERE c.tenant_id = u.t AND c.kind = u.k",
+    )
+    .bind(ct)
+    .bind(ck)
+    .bind(cn)
     .execute(&mut *conn)
     .await?;
     Ok(())
