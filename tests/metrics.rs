@@ -811,16 +811,11 @@ async fn bitmap_answers_equal_raw_answers_on_random_data() {
                 "round {round}: {q}"
             );
         }
-        let strip = |v: &Value| {
-            let mut m = v["data"]["metrics"].clone();
-            m["computedAt"] = Value::Null;
-            m
-        };
-        if strip(&fast) != strip(&slow) {
+        if answer(&fast) != answer(&slow) {
             panic!(
                 "seed {seed}, round {round}: {q}\nbitmap: {}\nraw: {}",
-                strip(&fast),
-                strip(&slow)
+                answer(&fast),
+                answer(&slow)
             );
         }
     }
@@ -914,16 +909,11 @@ async fn rollup_answers_equal_raw_answers_on_random_data() {
                 "round {round}: {q}"
             );
         }
-        let strip = |v: &Value| {
-            let mut m = v["data"]["metrics"].clone();
-            m["computedAt"] = Value::Null;
-            m
-        };
-        if strip(&fast) != strip(&slow) {
+        if answer(&fast) != answer(&slow) {
             panic!(
                 "seed {seed}, round {round}: {q}\nrollup: {}\nraw: {}",
-                strip(&fast),
-                strip(&slow)
+                answer(&fast),
+                answer(&slow)
             );
         }
     }
@@ -1110,12 +1100,7 @@ async fn bitmap_deltas_merge_without_changing_answers() {
     {}
     assert_eq!(rows().await, 1, "merged into one");
     let after = app.gql_as(&viewer, METRICS, q).await;
-    let strip = |v: &Value| {
-        let mut m = v["data"]["metrics"].clone();
-        m["computedAt"] = Value::Null;
-        m
-    };
-    assert_eq!(strip(&before), strip(&after));
+    assert_eq!(answer(&before), answer(&after));
 }
 
 /// Two server processes ingesting for one tenant at once, with the same
@@ -1202,12 +1187,15 @@ async fn two_writing_processes_keep_the_bitmaps_exact() {
             let mut forced = q.clone();
             forced["filters"] = json!([{ "field": "type", "op": "EXISTS" }]);
             let slow = app.gql_as(&viewer, METRICS, json!({ "q": forced })).await;
-            let strip = |v: &Value| {
-                let mut m = v["data"]["metrics"].clone();
-                m["computedAt"] = Value::Null;
-                m
-            };
-            assert_eq!(strip(&fast), strip(&slow), "{q}");
+            assert_eq!(answer(&fast), answer(&slow), "{q}");
         }
     }
+}
+
+/// A `metrics` answer without its `computedAt`: what two paths computing
+/// the same question must agree on.
+fn answer(body: &Value) -> Value {
+    let mut m = body["data"]["metrics"].clone();
+    m["computedAt"] = Value::Null;
+    m
 }

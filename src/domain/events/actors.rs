@@ -57,8 +57,27 @@ impl Stored {
 
 /// `(tenant, kind)` → the batch's distinct actors of that kind.
 type Wanted = BTreeMap<(Uuid, Kind), BTreeSet<String>>;
-/// `(tenant, kind, actor)` → number.
-type Numbers = HashMap<(Uuid, Kind, String), u32>;
+/// `(tenant, kind)` → actor → number; looked up by `&str`, so the hot
+/// path allocates no key per event.
+#[derive(Default)]
+struct Numbers(HashMap<(Uuid, Kind), HashMap<String, u32>>);
+
+impl Numbers {
+    fn get(&self, tenant: Uuid, kind: Kind, actor: &str) -> Option<u32> {
+        self.0.get(&(tenant, kind))?.get(actor).copied()
+    }
+
+    fn has(&self, tenant: Uuid, kind: Kind, actor: &str) -> bool {
+        self.get(tenant, kind, actor).is_some()
+    }
+
+    fn insert(&mut self, tenant: Uuid, kind: Kind, actor: String, number: u32) {
+        self.0
+            .entry((tenant, kind))
+            .or_default()
+            .insert(actor, number);
+    }
+}
 
 fn wanted(stored: &[Stored]) -> Wanted {
     let mut out = Wanted::new();
@@ -91,7 +110,7 @@ fn deltas(stored: &[Stored], numbers: &Numbers) -> anyhow::Result<Vec<Delta>> {
                 continue;
             };
             let number = numbers
-                .get(&(s.tenant_id, kind, actor.to_owned()))
+                .get(s.tenant_id, kind, actor)
                 .ok_or_else(|| anyhow::anyhow!("an actor without a number"))?;
             maps.entry((
                 s.tenant_id,
@@ -100,7 +119,7 @@ fn deltas(stored: &[Stored], numbers: &Numbers) -> anyhow::Result<Vec<Delta>> {
                 hour_of(s.occurred_at),
             ))
             .or_default()
-            .insert(*number);
+            .insert(number);
         }
     }
     maps.into_iter()
@@ -138,14 +157,14 @@ pub async fn record_postgres(
     }
     // Most actors of a batch have been seen before: read their numbers
     // without taking any lock.
-    let mut numbers = Numbers::new();
+    let mut numbers = Numbers::default();
     known_postgres(conn, &wanted, &mut numbers).await?;
     let missing: Wanted = wanted
         .iter()
         .filter_map(|(&(tenant, kind), set)| {
             let new: BTreeSet<String> = set
                 .iter()
-                .filter(|a| !numbers.contains_key(&(tenant, kind, (*a).clone())))
+                .filter(|a| !numbers.has(tenant, kind, a))
                 .cloned()
                 .collect();
             (!new.is_empty()).then_some(((tenant, kind), new))
@@ -199,7 +218,9 @@ async fn known_postgres(
         .await?;
         for row in rows {
             numbers.insert(
-                (*tenant, *kind, row.try_get(0)?),
+                *tenant,
+                *kind,
+                row.try_get(0)?,
                 u32::try_from(row.try_get::<i32, _>(1)?)?,
             );
         }
@@ -238,15 +259,14 @@ async fn number_postgres(
     for ((tenant, kind), set) in missing {
         let counter = next.entry((*tenant, kind.code())).or_insert(0);
         for actor in set {
-            let key = (*tenant, *kind, actor.clone());
-            if numbers.contains_key(&key) {
+            if numbers.has(*tenant, *kind, actor) {
                 continue;
             }
             let number = *counter;
             *counter = counter
                 .checked_add(1)
                 .ok_or_else(|| anyhow::anyhow!("actor numbers exhausted for a tenant"))?;
-            numbers.insert(key, u32::try_from(number)?);
+            numbers.insert(*tenant, *kind, actor.clone(), u32::try_from(number)?);
             new_t.push(*tenant);
             new_k.push(kind.code());
             new_a.push(actor.as_str());
@@ -295,7 +315,7 @@ pub async fn record_sqlite(
     stored: &[Stored],
 ) -> anyhow::Result<()> {
     let wanted = wanted(stored);
-    let mut numbers = Numbers::new();
+    let mut numbers = Numbers::default();
     for ((tenant, kind), set) in &wanted {
         let all: Vec<&String> = set.iter().collect();
         for chunk in all.chunks(SQLITE_CHUNK) {
@@ -313,7 +333,9 @@ pub async fn record_sqlite(
             q.push(")");
             for row in q.build().fetch_all(&mut *conn).await? {
                 numbers.insert(
-                    (*tenant, *kind, row.try_get(0)?),
+                    *tenant,
+                    *kind,
+                    row.try_get(0)?,
                     u32::try_from(row.try_get::<i64, _>(1)?)?,
                 );
             }
@@ -328,7 +350,7 @@ pub async fn record_sqlite(
         .unwrap_or(0);
         let fresh: Vec<(&String, i64)> = set
             .iter()
-            .filter(|a| !numbers.contains_key(&(*tenant, *kind, (*a).clone())))
+            .filter(|a| !numbers.has(*tenant, *kind, a))
             .map(|a| {
                 let n = counter;
                 counter += 1;
@@ -351,7 +373,7 @@ pub async fn record_sqlite(
             q.build().execute(&mut *conn).await?;
         }
         for (actor, n) in &fresh {
-            numbers.insert((*tenant, *kind, (*actor).clone()), u32::try_from(*n)?);
+            numbers.insert(*tenant, *kind, (*actor).clone(), u32::try_from(*n)?);
         }
         sqlx::query(
             "INSERT INTO actor_counters (tenant_id, kind, next) VALUES (?1, ?2, ?3) \
@@ -554,11 +576,11 @@ mod tests {
             ev("a", 7_200, "u1", None),
             ev("b", 3_600, "u3", None),
         ];
-        let mut numbers = Numbers::new();
+        let mut numbers = Numbers::default();
         for (i, u) in ["u1", "u2", "u3"].iter().enumerate() {
-            numbers.insert((t, Kind::User, (*u).into()), i as u32);
+            numbers.insert(t, Kind::User, (*u).into(), i as u32);
         }
-        numbers.insert((t, Kind::Session, "s1".into()), 0);
+        numbers.insert(t, Kind::Session, "s1".into(), 0);
         let d = deltas(&stored, &numbers).expect("deltas");
         let read = |d: &Delta| {
             RoaringBitmap::deserialize_from(d.bytes.as_slice())
