@@ -13,6 +13,10 @@
 //! actor twice, and in the steady state (actors seen before) writers do
 //! not wait for each other. The bitmap rows are plain inserts, so writers
 //! never contend on them. [`compact`] merges a key's deltas later (a background job).
+//!
+//! A number never changes once committed, so each process keeps the
+//! numbers it has seen ([`KnownNumbers`]) and reads only the others: in
+//! the steady state a batch costs no lookup at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -79,18 +83,82 @@ impl Numbers {
     }
 }
 
-fn wanted(stored: &[Stored]) -> Wanted {
+/// Committed actor numbers this process has seen, at most
+/// [`KnownNumbers::CAPACITY`] of them. Numbers are never renumbered nor
+/// deleted, so an entry is never stale; entries learned inside a
+/// transaction are added only after it commits ([`Learned`]).
+#[derive(Clone)]
+pub struct KnownNumbers(moka::sync::Cache<(Uuid, Kind, String), u32>);
+
+impl Default for KnownNumbers {
+    fn default() -> Self {
+        KnownNumbers(
+            moka::sync::Cache::builder()
+                .max_capacity(Self::CAPACITY)
+                .build(),
+        )
+    }
+}
+
+impl KnownNumbers {
+    /// About 40 MB; the `ingest` benchmark's 100,000 actors fit.
+    pub const CAPACITY: u64 = 200_000;
+
+    fn get(&self, tenant: Uuid, kind: Kind, actor: &str) -> Option<u32> {
+        self.0.get(&(tenant, kind, actor.to_owned()))
+    }
+
+    /// Adds what a committed transaction learned.
+    pub fn remember(&self, learned: Learned) {
+        for ((tenant, kind), numbers) in learned.0.0 {
+            for (actor, number) in numbers {
+                self.0.insert((tenant, kind, actor), number);
+            }
+        }
+    }
+}
+
+/// Numbers a transaction read or handed out: for [`KnownNumbers::remember`]
+/// once it has committed.
+#[derive(Default)]
+pub struct Learned(Numbers);
+
+/// The batch's distinct actors, less those whose numbers `known` holds
+/// (put in `numbers`).
+fn wanted(stored: &[Stored], known: &KnownNumbers, numbers: &mut Numbers) -> Wanted {
     let mut out = Wanted::new();
     for s in stored {
         for kind in Kind::ALL {
-            if let Some(actor) = s.actor(kind) {
-                out.entry((s.tenant_id, kind))
-                    .or_default()
-                    .insert(actor.to_owned());
+            let Some(actor) = s.actor(kind) else {
+                continue;
+            };
+            if numbers.has(s.tenant_id, kind, actor) {
+                continue;
+            }
+            match known.get(s.tenant_id, kind, actor) {
+                Some(number) => numbers.insert(s.tenant_id, kind, actor.to_owned(), number),
+                None => {
+                    out.entry((s.tenant_id, kind))
+                        .or_default()
+                        .insert(actor.to_owned());
+                }
             }
         }
     }
     out
+}
+
+/// The numbers of `wanted` actors in `numbers`, for [`Learned`].
+fn learned(wanted: &Wanted, numbers: &Numbers) -> Learned {
+    let mut out = Numbers::default();
+    for ((tenant, kind), set) in wanted {
+        for actor in set {
+            if let Some(n) = numbers.get(*tenant, *kind, actor) {
+                out.insert(*tenant, *kind, actor.clone(), n);
+            }
+        }
+    }
+    Learned(out)
 }
 
 pub const HOUR_MICROS: i64 = 3_600_000_000;
@@ -150,15 +218,15 @@ struct Delta {
 pub async fn record_postgres(
     conn: &mut sqlx::PgConnection,
     stored: &[Stored],
-) -> anyhow::Result<()> {
-    let wanted = wanted(stored);
-    if wanted.is_empty() {
-        return Ok(());
-    }
-    // Most actors of a batch have been seen before: read their numbers
-    // without taking any lock.
+    known: &KnownNumbers,
+) -> anyhow::Result<Learned> {
     let mut numbers = Numbers::default();
-    known_postgres(conn, &wanted, &mut numbers).await?;
+    let wanted = wanted(stored, known, &mut numbers);
+    // Most actors of a batch have been seen before: read the numbers this
+    // process does not know without taking any lock.
+    if !wanted.is_empty() {
+        known_postgres(conn, &wanted, &mut numbers).await?;
+    }
     let missing: Wanted = wanted
         .iter()
         .filter_map(|(&(tenant, kind), set)| {
@@ -174,6 +242,9 @@ pub async fn record_postgres(
         number_postgres(conn, &missing, &mut numbers).await?;
     }
     let deltas = deltas(stored, &numbers)?;
+    if deltas.is_empty() {
+        return Ok(Learned::default());
+    }
     sqlx::query(
         "INSERT INTO actor_bitmaps (tenant_id, kind, event_type, hour_start, bitmap) \
          SELECT * FROM unnest($1::uuid[], $2::int2[], $3::text[], $4::timestamptz[], $5::bytea[])",
@@ -195,7 +266,7 @@ pub async fn record_postgres(
     )
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(learned(&wanted, &numbers))
 }
 
 /// Adds the numbers `wanted` actors already have to `numbers`: one
@@ -313,9 +384,10 @@ const SQLITE_CHUNK: usize = 1_000;
 pub async fn record_sqlite(
     conn: &mut sqlx::SqliteConnection,
     stored: &[Stored],
-) -> anyhow::Result<()> {
-    let wanted = wanted(stored);
+    known: &KnownNumbers,
+) -> anyhow::Result<Learned> {
     let mut numbers = Numbers::default();
+    let wanted = wanted(stored, known, &mut numbers);
     for ((tenant, kind), set) in &wanted {
         let all: Vec<&String> = set.iter().collect();
         for chunk in all.chunks(SQLITE_CHUNK) {
@@ -399,7 +471,7 @@ pub async fn record_sqlite(
         });
         q.build().execute(&mut *conn).await?;
     }
-    Ok(())
+    Ok(learned(&wanted, &numbers))
 }
 
 /// Keys merged per [`compact`] call, at most.

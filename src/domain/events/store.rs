@@ -18,7 +18,7 @@ use sea_orm::{DatabaseConnection, DbBackend};
 use uuid::Uuid;
 
 use super::NewEvent;
-use super::actors::{self, Stored};
+use super::actors::{self, KnownNumbers, Stored};
 
 /// One event of a group, with the tenant it belongs to.
 pub struct Row<'a> {
@@ -67,6 +67,7 @@ SELECT tenant_id, id, type, occurred_at, user_id, session_id FROM stored
 pub struct Store {
     db: DatabaseConnection,
     partitions: Partitions,
+    known: KnownNumbers,
 }
 
 impl Store {
@@ -74,6 +75,7 @@ impl Store {
         Store {
             db,
             partitions: Partitions::default(),
+            known: KnownNumbers::default(),
         }
     }
 
@@ -166,8 +168,9 @@ impl Store {
                 session_id: row.try_get(5)?,
             });
         }
-        actors::record_postgres(&mut txn, &actors_seen).await?;
+        let learned = actors::record_postgres(&mut txn, &actors_seen, &self.known).await?;
         txn.commit().await?;
+        self.known.remember(learned);
         Ok(pairs)
     }
 
@@ -236,8 +239,9 @@ impl Store {
             );
             query.build().execute(&mut *txn).await?;
         }
-        actors::record_sqlite(&mut txn, &actors_seen).await?;
+        let learned = actors::record_sqlite(&mut txn, &actors_seen, &self.known).await?;
         txn.commit().await?;
+        self.known.remember(learned);
         Ok(stored)
     }
 }
