@@ -274,6 +274,9 @@ impl Application {
         } else {
             Vec::new()
         };
+        if self.state.config.rollups.backfill {
+            background.push(jobs::rollups::spawn(&self.state));
+        }
         let alerting = self.state.config.alerts.evaluate;
         if alerting {
             match jobs::alerts::spawn(&self.state) {

@@ -54,6 +54,28 @@ pub struct Config {
     pub hot_cache: bool,
     pub live: LiveConfig,
     pub alerts: AlertsConfig,
+    pub rollups: RollupsConfig,
+}
+
+/// Numeric rollups of declared properties (`PULSE_ROLLUP_*`).
+#[derive(Clone, Debug)]
+pub struct RollupsConfig {
+    /// `PULSE_ROLLUP_BACKFILL`: whether this instance backfills new
+    /// series. On by default (any number of instances may: each chunk is
+    /// filled under a lock); a test server turns it off unless the test is
+    /// about it.
+    pub backfill: bool,
+    /// `PULSE_ROLLUP_BACKFILL_TENANTS`: backfill only these tenants'
+    /// series (slugs, comma-separated); all when unset.
+    pub tenants: Option<Vec<String>>,
+    /// `PULSE_ROLLUP_BACKFILL_HOURS`: hours of events per backfill
+    /// transaction (24); the tenant's ingestion waits for each.
+    pub chunk_hours: u32,
+    /// `PULSE_ROLLUP_BACKFILL_PAUSE_MS`: rest between chunks (0).
+    pub pause: Duration,
+    /// `PULSE_ROLLUP_MAX_DIMENSION_VALUES`: the default, and the most, a
+    /// dimension may declare as its distinct values per hour (1000).
+    pub max_dimension_values: u32,
 }
 
 /// Alert evaluation and webhook delivery (`PULSE_ALERT_*`, `PULSE_WEBHOOK_*`).
@@ -480,6 +502,31 @@ impl Config {
                         None => false,
                     },
                 },
+            },
+            rollups: RollupsConfig {
+                backfill: match get("PULSE_ROLLUP_BACKFILL") {
+                    Some(v) => parse_bool("PULSE_ROLLUP_BACKFILL", &v)?,
+                    None => true,
+                },
+                tenants: get("PULSE_ROLLUP_BACKFILL_TENANTS").map(|raw| {
+                    raw.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                }),
+                chunk_hours: number(&get, "PULSE_ROLLUP_BACKFILL_HOURS", 24, 1..=24 * 31)?,
+                pause: Duration::from_millis(number(
+                    &get,
+                    "PULSE_ROLLUP_BACKFILL_PAUSE_MS",
+                    0,
+                    0..=600_000,
+                )?),
+                max_dimension_values: number(
+                    &get,
+                    "PULSE_ROLLUP_MAX_DIMENSION_VALUES",
+                    1_000,
+                    1..=100_000,
+                )?,
             },
         })
     }

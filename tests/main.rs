@@ -25,6 +25,7 @@ mod node_client;
 mod persisted;
 mod plans;
 mod rls;
+mod rollups;
 mod saved_queries;
 mod tenants;
 mod users;

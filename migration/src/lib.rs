@@ -16,6 +16,7 @@ mod m20261123_000009_create_share_links;
 mod m20261124_000010_create_persisted_operations;
 mod m20261201_000011_create_alerts;
 mod m20261201_000012_create_actor_bitmaps;
+mod m20261201_000013_create_property_rollups;
 
 pub struct Migrator;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000010_create_persisted_operations::Migration),
             Box::new(m20261201_000011_create_alerts::Migration),
             Box::new(m20261201_000012_create_actor_bitmaps::Migration),
+            Box::new(m20261201_000013_create_property_rollups::Migration),
         ]
     }
 }

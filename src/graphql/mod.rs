@@ -20,6 +20,7 @@ mod metrics;
 pub mod persisted;
 mod provenance;
 pub mod rates;
+mod rollups;
 mod saved_queries;
 mod session;
 mod tenants;
@@ -51,6 +52,7 @@ pub struct Query(
     dashboards::SharedDashboardQuery,
     persisted::PersistedOperationQuery,
     alerts::AlertQueryRoot,
+    rollups::RollupQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -63,6 +65,7 @@ pub struct Mutation(
     dashboards::DashboardMutation,
     persisted::PersistedOperationMutation,
     alerts::AlertMutation,
+    rollups::RollupMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -6,6 +6,7 @@
 //! and retried on the next tick.
 
 pub mod alerts;
+pub mod rollups;
 
 use std::time::Duration;
 

@@ -241,7 +241,10 @@ async fn spawn(url: String, store: Store, tweak: impl FnOnce(&mut Settings)) -> 
         .set("PULSE_BACKGROUND_JOBS", "false")
         // Evaluators scan every tenant; a test about alerts turns them on
         // scoped to its own tenant (`alert_app`).
-        .set("PULSE_ALERT_EVALUATION", "false");
+        .set("PULSE_ALERT_EVALUATION", "false")
+        // Backfills likewise; a test about them turns them on for its
+        // tenant.
+        .set("PULSE_ROLLUP_BACKFILL", "false");
     if let Some(redis) = redis_url() {
         settings.set("PULSE_REDIS_URL", redis);
     }
@@ -567,6 +570,7 @@ impl ServerProcess {
             .env("PULSE_DEMO", "0")
             .env("PULSE_BACKGROUND_JOBS", "false")
             .env("PULSE_ALERT_EVALUATION", "false")
+            .env("PULSE_ROLLUP_BACKFILL", "false")
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());

@@ -1,5 +1,5 @@
 //! Data expiry: events older than their tenant's `retention_days` go,
-//! with their hourly counts and actor bitmaps. (Named apart from cohort
+//! with their hourly counts, actor bitmaps and numeric rollups. (Named apart from cohort
 //! retention, `metrics::journey`, which is an analysis, not a deletion.)
 //!
 //! On PostgreSQL, a monthly partition older than every tenant's cutoff is
@@ -71,8 +71,9 @@ pub async fn run_once(
             // Cached buckets before the cutoff counted what just went.
             cache.bump(tenant_id, &[Mark::epoch()]).await?;
         }
-        // The hourly rollups of what went: counts and actor bitmaps.
-        for rollup in ["analytics_aggregates", "actor_bitmaps"] {
+        // The hourly rollups of what went: counts, actor bitmaps and
+        // numeric rollups.
+        for rollup in ["analytics_aggregates", "actor_bitmaps", "property_rollups"] {
             let delete = Query::delete()
                 .from_table(Alias::new(rollup))
                 .and_where(Expr::col(Alias::new("tenant_id")).eq(tenant_id))

@@ -13,6 +13,7 @@
 pub mod actors;
 pub mod expiry;
 pub mod query;
+pub mod rollup_fields;
 pub mod store;
 pub mod validate;
 pub mod writer;

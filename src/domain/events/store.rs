@@ -33,9 +33,12 @@ const SQLITE_CHUNK: usize = 1_000;
 const HOUR_MICROS: i64 = 3_600_000_000;
 
 /// Stores the fresh events of a group and adds them to the hourly
-/// aggregates, in one statement and so one transaction. Aggregate rows are
-/// upserted in key order, so concurrent writers lock them in the same
-/// order and cannot deadlock.
+/// aggregates and to their tenants' numeric rollups
+/// ([`super::rollup_fields`]), in one statement and so one transaction.
+/// Aggregate rows are upserted in key order, so concurrent writers lock
+/// them in the same order and cannot deadlock. The property expressions
+/// are the raw path's (`metrics::raw`), so a rollup holds exactly what the
+/// raw path would compute from the same events.
 const POSTGRES_INSERT: &str = r#"
 WITH input AS (
     SELECT * FROM unnest(
@@ -52,13 +55,35 @@ WITH input AS (
     SELECT i.tenant_id, i.id, i.type, i.occurred_at, i.user_id, i.session_id, i.properties::jsonb,
            i.ip, i.user_agent, i.source, i.received_at
     FROM input i JOIN fresh f ON f.tenant_id = i.tenant_id AND f.id = i.id
-    RETURNING tenant_id, id, type, occurred_at, user_id, session_id
+    RETURNING tenant_id, id, type, occurred_at, user_id, session_id, properties
 ), counted AS (
     INSERT INTO analytics_aggregates (tenant_id, event_type, hour_start, event_count)
     SELECT tenant_id, type, date_trunc('hour', occurred_at, 'UTC'), count(*)
     FROM stored GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
     ON CONFLICT (tenant_id, event_type, hour_start)
     DO UPDATE SET event_count = analytics_aggregates.event_count + excluded.event_count
+), series AS (
+    SELECT tenant_id, property, string_to_array(property, '.') AS pp,
+           dimension, string_to_array(dimension, '.') AS dp
+    FROM rollup_series WHERE tenant_id IN (SELECT DISTINCT tenant_id FROM input)
+), valued AS (
+    SELECT s.tenant_id, r.property, r.dimension, date_trunc('hour', s.occurred_at, 'UTC') AS hour_start, s.type,
+           CASE WHEN r.dimension = '' THEN ''
+                ELSE COALESCE(NULLIF((s.properties #> r.dp)::text, 'null'), '') END AS value,
+           CASE WHEN jsonb_typeof(s.properties #> r.pp) = 'number'
+                THEN (s.properties #>> r.pp)::double precision END AS v,
+           CASE WHEN COALESCE(jsonb_typeof(s.properties #> r.pp), 'null') NOT IN ('null', 'number')
+                THEN 1 ELSE 0 END AS skip
+    FROM stored s JOIN series r ON r.tenant_id = s.tenant_id
+), rolled AS (
+    INSERT INTO property_rollups AS p
+        (tenant_id, property, dimension, hour_start, event_type, value, n, s, lo, hi, skipped)
+    SELECT tenant_id, property, dimension, hour_start, type, value, count(v), sum(v), min(v), max(v), sum(skip)
+    FROM valued GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT (tenant_id, property, dimension, hour_start, event_type, value) DO UPDATE SET
+        n = p.n + excluded.n, s = COALESCE(p.s + excluded.s, p.s, excluded.s),
+        lo = LEAST(p.lo, excluded.lo), hi = GREATEST(p.hi, excluded.hi),
+        skipped = p.skipped + excluded.skipped
 )
 SELECT tenant_id, id, type, occurred_at, user_id, session_id FROM stored
 "#;
@@ -140,7 +165,16 @@ impl Store {
         }
         // The events and their hourly counts (one statement), then their
         // actors' numbers and bitmaps: one transaction.
-        let mut txn = self.db.get_postgres_connection_pool().begin().await?;
+        // The shared side of the tenants' backfill locks, taken before the
+        // statement reads which series to keep (see `rollup_fields`).
+        let tenants: std::collections::BTreeSet<Uuid> = rows.iter().map(|r| r.tenant_id).collect();
+        let mut txn = self
+            .db
+            .get_postgres_connection_pool()
+            .begin_with(sqlx::AssertSqlSafe(super::rollup_fields::begin_writing(
+                &tenants,
+            )))
+            .await?;
         let stored = sqlx::query(POSTGRES_INSERT)
             .bind(tenant_ids)
             .bind(ids)
@@ -179,6 +213,7 @@ impl Store {
         let mut stored = HashSet::with_capacity(rows.len());
         let mut hourly: std::collections::BTreeMap<(Uuid, String, i64), i64> = Default::default();
         let mut actors_seen = Vec::with_capacity(rows.len());
+        let mut rowids = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(SQLITE_CHUNK) {
             let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO events (tenant_id, id, type, occurred_at, user_id, session_id, \
@@ -199,10 +234,11 @@ impl Store {
                     .push_bind(e.received_at.timestamp_micros());
             });
             query.push(
-                " ON CONFLICT DO NOTHING RETURNING tenant_id, id, type, occurred_at, user_id, session_id",
+                " ON CONFLICT DO NOTHING RETURNING tenant_id, id, type, occurred_at, user_id, session_id, rowid",
             );
             for row in query.build().fetch_all(&mut *txn).await? {
                 stored.insert((row.try_get(0)?, row.try_get(1)?));
+                rowids.push(row.try_get::<i64, _>(6)?);
                 actors_seen.push(Stored {
                     tenant_id: row.try_get(0)?,
                     event_type: row.try_get(2)?,
@@ -239,6 +275,8 @@ impl Store {
             );
             query.build().execute(&mut *txn).await?;
         }
+        let tenants: std::collections::BTreeSet<Uuid> = rows.iter().map(|r| r.tenant_id).collect();
+        super::rollup_fields::add_sqlite(&mut txn, &tenants, &rowids).await?;
         let learned = actors::record_sqlite(&mut txn, &actors_seen, &self.known).await?;
         txn.commit().await?;
         self.known.remember(learned);

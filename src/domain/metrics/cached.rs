@@ -333,7 +333,7 @@ pub async fn aggregate(
     // Where the answer comes from is a property of the question, as on
     // the uncached path: cached buckets were computed the same way, and the
     // runs left (often just the cut ends) may be too short for rollups.
-    let from_rollups = raw::rollup_window(plan).is_some();
+    let from_rollups = raw::rollup_window(plan).is_some() || super::numeric::window(plan).is_some();
     let aggregates = cells::combine(plan, all, skipped, from_rollups);
     if used.complete {
         services
@@ -386,13 +386,13 @@ async fn compute(
             cells::fetch(&mut session, part, ctx.tenant_id, rollup),
         )
         .await?;
-        let Some((cells, part_skipped, part_rows)) = fetched else {
+        let Some(fetched) = fetched else {
             session.finish().await.map_err(AppError::from)?;
             return Ok(None);
         };
-        skipped += part_skipped;
-        rows += part_rows;
-        computed.extend(cells);
+        skipped += fetched.skipped;
+        rows += fetched.rows;
+        computed.extend(fetched.cells);
     }
     session.finish().await.map_err(AppError::from)?;
     budgets.record_actual(rows);

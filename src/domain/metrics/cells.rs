@@ -18,7 +18,7 @@ use super::plan::{Measure, Plan};
 use super::raw::{self, Aggregates, GroupKey};
 
 /// The most cells fetched before giving the ranking back to the database.
-const MAX_CELLS: usize = 50_000;
+pub(super) const MAX_CELLS: usize = 50_000;
 
 /// Whether `measure` combines exactly from per-cell partials.
 pub fn decomposes(measure: Measure) -> bool {
@@ -112,20 +112,39 @@ pub fn statement(
 /// One (group, bucket) cell's partial aggregate.
 pub type Cell = (GroupKey, Option<NaiveDateTime>, Partial);
 
-/// The cells of a decomposable `plan` from one statement, with the count of
-/// skipped values and of rows aggregated, or `None` when it has more than
-/// [`MAX_CELLS`] cells.
+/// What [`fetch`] found.
+pub struct Fetched {
+    pub cells: Vec<Cell>,
+    /// Values skipped (present but not numbers).
+    pub skipped: u64,
+    /// Rows aggregated.
+    pub rows: u64,
+    /// Whether the numeric rollups answered ([`numeric`](super::numeric)).
+    pub numeric: bool,
+}
+
+/// The cells of a decomposable `plan` from one statement, over a numeric
+/// property's rollups where they answer it, or `None` when it has more
+/// than [`MAX_CELLS`] cells.
 pub async fn fetch(
     s: &mut Snapshot,
     plan: &Plan,
     tenant: uuid::Uuid,
     rollup: Option<raw::Window>,
-) -> Result<Option<(Vec<Cell>, u64, u64)>, sea_orm::DbErr> {
+) -> Result<Option<Fetched>, sea_orm::DbErr> {
     let backend = s.backend();
     let n = plan.group_by.len();
-    let rows = s
-        .query_all(statement(backend, plan, tenant, rollup))
-        .await?;
+    let mut numeric = None;
+    if let Some(series) = super::numeric::window(plan)
+        && super::numeric::usable(s, plan, tenant, &series).await?
+    {
+        numeric = Some(series);
+    }
+    let query = match &numeric {
+        Some(series) => super::numeric::statement(backend, plan, tenant, series),
+        None => statement(backend, plan, tenant, rollup),
+    };
+    let rows = s.query_all(query).await?;
     if rows.len() > MAX_CELLS {
         return Ok(None);
     }
@@ -142,7 +161,12 @@ pub async fn fetch(
         aggregated += raw::skipped(row, n + 6)?;
         cells.push((raw::key(row, 1, n)?, raw::bucket_of(backend, row)?, partial));
     }
-    Ok(Some((cells, skipped, aggregated)))
+    Ok(Some(Fetched {
+        cells,
+        skipped,
+        rows: aggregated,
+        numeric: numeric.is_some(),
+    }))
 }
 
 /// Answers a decomposable `plan` from one statement, or `None` when it has
@@ -153,13 +177,11 @@ pub async fn aggregate(
     tenant: uuid::Uuid,
     rollup: Option<raw::Window>,
 ) -> Result<Option<Aggregates>, sea_orm::DbErr> {
-    Ok(fetch(s, plan, tenant, rollup)
-        .await?
-        .map(|(cells, skipped, rows)| {
-            let mut out = combine(plan, cells, skipped, rollup.is_some());
-            out.rows = Some(rows);
-            out
-        }))
+    Ok(fetch(s, plan, tenant, rollup).await?.map(|f| {
+        let mut out = combine(plan, f.cells, f.skipped, rollup.is_some() || f.numeric);
+        out.rows = Some(f.rows);
+        out
+    }))
 }
 
 /// The totals, the group ranking and `__other__` of `plan` from its cells.

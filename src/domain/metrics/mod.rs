@@ -9,6 +9,7 @@ mod cells;
 pub mod formula;
 pub mod gate;
 pub mod journey;
+pub mod numeric;
 pub mod plan;
 pub mod raw;
 pub mod snapshot;

@@ -323,7 +323,7 @@ impl Sql {
     /// The local start of an event's bucket: a `timestamp` on PostgreSQL,
     /// local microseconds since 1970 on SQLite (which has no time zones:
     /// the zone's offsets over the range are spelled out).
-    fn bucket(&mut self, plan: &Plan, column: &str) -> String {
+    pub(super) fn bucket(&mut self, plan: &Plan, column: &str) -> String {
         let Some(g) = plan.granularity else {
             return if self.pg() {
                 "CAST(NULL AS timestamp)".into()
@@ -587,7 +587,12 @@ pub(super) fn inner(
 /// of ranges in one WHERE is not: SQLite then walks every event of the
 /// tenant and type (8 ms at 100k events for a rollup's two edges, 0.02 ms
 /// as two scans), growing with the tenant's whole history.
-fn raw_inner(sql: &mut Sql, plan: &Plan, tenant: uuid::Uuid, spans: &[Window]) -> String {
+pub(super) fn raw_inner(
+    sql: &mut Sql,
+    plan: &Plan,
+    tenant: uuid::Uuid,
+    spans: &[Window],
+) -> String {
     let selects: Vec<String> = spans
         .iter()
         .map(|span| raw_span(sql, plan, tenant, *span))
