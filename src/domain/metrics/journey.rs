@@ -551,7 +551,10 @@ pub fn retention_plan(q: RetentionQuery, now: DateTime<Utc>) -> AppResult<Retent
 }
 
 impl RetentionPlan {
-    /// The caller's start and return events, sorted by actor and time.
+    /// The caller's start and return events, sorted by actor and time;
+    /// of one actor's events at the same instant, starts first (column 3),
+    /// so a return stamped like the first start counts (`at >= since`)
+    /// whatever order the database would return them in.
     pub fn statement(&self, backend: DbBackend, tenant: uuid::Uuid) -> Statement {
         let mut sql = raw::new_sql(backend);
         let col = self.actor.column();
@@ -559,7 +562,7 @@ impl RetentionPlan {
         let text = format!(
             "SELECT {col}, occurred_at, CASE WHEN type = {s} THEN 1 ELSE 0 END, CASE WHEN type = {r} THEN 1 ELSE 0 END \
              FROM events WHERE tenant_id = {tenant} AND occurred_at >= {from} AND occurred_at < {until} \
-             AND {key} IS NOT NULL AND type IN ({s2}, {r2}) ORDER BY {key}, occurred_at",
+             AND {key} IS NOT NULL AND type IN ({s2}, {r2}) ORDER BY {key}, occurred_at, 3 DESC",
             s = sql.bind(self.start_event.clone()),
             r = sql.bind(self.return_event.clone()),
             tenant = sql.bind(tenant),
