@@ -52,6 +52,11 @@ pub struct Config {
     /// cache. On by default; off, every metric query is computed from the
     /// database (the uncached path, for comparison in `bench/`).
     pub hot_cache: bool,
+    /// `PULSE_RETENTION_BITMAPS`: whether retention is answered from the
+    /// hourly actor bitmaps where they answer it exactly. On by default;
+    /// off, always from raw events (the path the bitmaps must equal, for
+    /// comparison in tests and `bench/`).
+    pub retention_bitmaps: bool,
     pub live: LiveConfig,
     pub alerts: AlertsConfig,
     pub rollups: RollupsConfig,
@@ -390,6 +395,10 @@ impl Config {
             },
             hot_cache: match get("PULSE_HOT_CACHE") {
                 Some(v) => parse_bool("PULSE_HOT_CACHE", &v)?,
+                None => true,
+            },
+            retention_bitmaps: match get("PULSE_RETENTION_BITMAPS") {
+                Some(v) => parse_bool("PULSE_RETENTION_BITMAPS", &v)?,
                 None => true,
             },
             request_timeout: Duration::from_millis(number(

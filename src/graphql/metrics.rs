@@ -482,10 +482,20 @@ pub(crate) async fn run_retention(
         count_by: input.count_by,
         max_span: Some(state(ctx)?.config.analytics.max_range),
     };
+    // Where the answer came from is not reported for retention (nor for
+    // funnels): `extensions.queries` lists metric queries only.
     let cohorts = analytic(ctx, caller, move |app, caller| async move {
-        journey::retention(&app.db, &caller, query, app.config.query_timeout).await
+        journey::retention(
+            &app.db,
+            &caller,
+            query,
+            app.config.query_timeout,
+            app.config.retention_bitmaps,
+        )
+        .await
     })
-    .await?;
+    .await?
+    .cohorts;
     let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     Ok(RetentionResult {
         cohorts: cohorts

@@ -306,6 +306,12 @@ impl TestApp {
         }
     }
 
+    /// Another server on this one's database, with settings `tweak` may
+    /// change: to compare two ways of answering over the same data.
+    pub async fn beside(&self, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        spawn(self.state.config.database.url.clone(), Store::Shared, tweak).await
+    }
+
     /// A tenant with a random slug starting with `prefix`.
     pub async fn tenant(&self, prefix: &str) -> TestTenant {
         self.tenant_with(prefix, tenant::TenantStatus::Active).await

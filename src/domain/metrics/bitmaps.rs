@@ -16,13 +16,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use roaring::RoaringBitmap;
-use sea_orm::{DbBackend, DbErr};
+use sea_orm::{DbBackend, DbErr, QueryResult};
 
 use super::Snapshot;
 use super::plan::{Field, Measure, Plan};
 use super::raw::{Aggregates, GroupKey, Window, new_sql, rollup_hours, statement};
 use super::time::{self, Granularity};
-use crate::domain::events::actors::Kind;
+use crate::domain::events::actors::{Kind, hour_of};
 use crate::domain::events::query::{time_at, time_value};
 
 /// The actors' kind and the whole UTC hours of the range, when the
@@ -65,15 +65,7 @@ pub async fn aggregate(
     (start, end): Window,
 ) -> Result<Option<Aggregates>, DbErr> {
     let backend = s.backend();
-    let first_hour = crate::domain::events::actors::hour_of(plan.from);
-    let mut sql = new_sql(backend);
-    let text = format!(
-        "SELECT raw_before FROM actor_coverage WHERE tenant_id = {}",
-        sql.bind(tenant)
-    );
-    if let Some(row) = s.query_one(statement(sql, text)).await?
-        && time_at(backend, &row, 0)? > first_hour
-    {
+    if !covered(s, tenant, plan.from).await? {
         return Ok(None);
     }
     let bucket_of = |hour: DateTime<Utc>| {
@@ -129,7 +121,7 @@ pub async fn aggregate(
             sql.bind(time_value(backend, to)),
             types(&mut sql).replace("{type}", "type"),
         );
-        let bucket = bucket_of(crate::domain::events::actors::hour_of(from));
+        let bucket = bucket_of(hour_of(from));
         for row in s.query_all(statement(sql, text)).await? {
             edge_actors.push((row.try_get_by_index(0)?, bucket, row.try_get_by_index(1)?));
         }
@@ -138,25 +130,7 @@ pub async fn aggregate(
         let mut names: Vec<&str> = edge_actors.iter().map(|(_, _, a)| a.as_str()).collect();
         names.sort_unstable();
         names.dedup();
-        let mut numbers: HashMap<String, u32> = HashMap::with_capacity(names.len());
-        for chunk in names.chunks(1_000) {
-            let mut sql = new_sql(backend);
-            let list: Vec<String> = chunk.iter().map(|a| sql.bind((*a).to_owned())).collect();
-            let text = format!(
-                "SELECT actor, number FROM actor_numbers WHERE tenant_id = {} AND kind = {} AND actor IN ({})",
-                sql.bind(tenant),
-                sql.bind(kind.code()),
-                list.join(", ")
-            );
-            for row in s.query_all(statement(sql, text)).await? {
-                let number: i64 = if backend == DbBackend::Postgres {
-                    i64::from(row.try_get_by_index::<i32>(1)?)
-                } else {
-                    row.try_get_by_index::<i64>(1)?
-                };
-                numbers.insert(row.try_get_by_index(0)?, number as u32);
-            }
-        }
+        let numbers = numbers_of(s, tenant, kind, &names).await?;
         for (event_type, bucket, actor) in edge_actors {
             let Some(number) = numbers.get(&actor) else {
                 // Written without a number (before the bitmaps existed):
@@ -170,6 +144,90 @@ pub async fn aggregate(
         }
     }
     Ok(Some(assemble(plan, cells)))
+}
+
+/// Whether the tenant's bitmaps cover every hour from `from`'s on: no
+/// `actor_coverage` row, or one whose raw-only hours end by then.
+pub(super) async fn covered(
+    s: &mut Snapshot,
+    tenant: uuid::Uuid,
+    from: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let backend = s.backend();
+    let mut sql = new_sql(backend);
+    let text = format!(
+        "SELECT raw_before FROM actor_coverage WHERE tenant_id = {}",
+        sql.bind(tenant)
+    );
+    Ok(match s.query_one(statement(sql, text)).await? {
+        Some(row) => time_at(backend, &row, 0)? <= hour_of(from),
+        None => true,
+    })
+}
+
+/// Rows per lookup by actor or by number.
+pub(super) const LOOKUP_CHUNK: usize = 1_000;
+
+/// The numbers of `actors` (of `kind`) that have one.
+pub(super) async fn numbers_of(
+    s: &mut Snapshot,
+    tenant: uuid::Uuid,
+    kind: Kind,
+    actors: &[&str],
+) -> Result<HashMap<String, u32>, DbErr> {
+    let backend = s.backend();
+    let mut numbers = HashMap::with_capacity(actors.len());
+    for chunk in actors.chunks(LOOKUP_CHUNK) {
+        let mut sql = new_sql(backend);
+        let list: Vec<String> = chunk.iter().map(|a| sql.bind((*a).to_owned())).collect();
+        let text = format!(
+            "SELECT actor, number FROM actor_numbers WHERE tenant_id = {} AND kind = {} AND actor IN ({})",
+            sql.bind(tenant),
+            sql.bind(kind.code()),
+            list.join(", ")
+        );
+        for row in s.query_all(statement(sql, text)).await? {
+            numbers.insert(row.try_get_by_index(0)?, number_at(backend, &row, 1)?);
+        }
+    }
+    Ok(numbers)
+}
+
+/// The actors `numbers` (of `kind`) stand for; through the unique index
+/// on `(tenant_id, kind, number)`.
+pub(super) async fn actors_of(
+    s: &mut Snapshot,
+    tenant: uuid::Uuid,
+    kind: Kind,
+    numbers: &[u32],
+) -> Result<HashMap<u32, String>, DbErr> {
+    let backend = s.backend();
+    let mut actors = HashMap::with_capacity(numbers.len());
+    for chunk in numbers.chunks(LOOKUP_CHUNK) {
+        let mut sql = new_sql(backend);
+        let list: Vec<String> = chunk.iter().map(|n| sql.bind(i64::from(*n))).collect();
+        let text = format!(
+            "SELECT actor, number FROM actor_numbers WHERE tenant_id = {} AND kind = {} AND number IN ({})",
+            sql.bind(tenant),
+            sql.bind(kind.code()),
+            list.join(", ")
+        );
+        for row in s.query_all(statement(sql, text)).await? {
+            actors.insert(number_at(backend, &row, 1)?, row.try_get_by_index(0)?);
+        }
+    }
+    Ok(actors)
+}
+
+/// An actor number column: `integer` on PostgreSQL, SQLite's 64-bit
+/// integer; numbers are handed out from 0 up within `u32`.
+fn number_at(backend: DbBackend, row: &QueryResult, i: usize) -> Result<u32, DbErr> {
+    let n: i64 = if backend == DbBackend::Postgres {
+        i64::from(row.try_get_by_index::<i32>(i)?)
+    } else {
+        row.try_get_by_index::<i64>(i)?
+    };
+    u32::try_from(n).map_err(|_| DbErr::Custom(format!("an actor number out of range: {n}")))
 }
 
 /// Unions cells into the points and totals the raw path would give.

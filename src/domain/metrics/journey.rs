@@ -13,10 +13,11 @@ use chrono_tz::Tz;
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, Statement};
 use serde_json::Value;
 
+use super::cohorts::Counts;
 use super::plan::{self, Field, FilterOp};
 use super::raw::{self, percentile_cont};
 use super::time::{self, Granularity};
-use super::{OTHER, Snapshot, within};
+use super::{OTHER, Snapshot, Source, within};
 use crate::auth::TenantCtx;
 use crate::domain::events::query::{time_at, time_value};
 use crate::error::{AppError, AppResult};
@@ -44,7 +45,7 @@ impl Actor {
         }
     }
 
-    fn column(self) -> &'static str {
+    pub(super) fn column(self) -> &'static str {
         match self {
             Actor::User => "user_id",
             Actor::Session => "session_id",
@@ -475,16 +476,18 @@ pub struct Cohort {
 /// A validated retention query: what [`retention`] runs, and what the
 /// golden tests snapshot through [`RetentionPlan::statement`].
 pub struct RetentionPlan {
-    start_event: String,
-    return_event: String,
-    periods: usize,
-    cohorts: Vec<time::Bucket>,
+    pub(super) start_event: String,
+    pub(super) return_event: String,
+    pub(super) periods: usize,
+    pub(super) cohorts: Vec<time::Bucket>,
     /// Every period's start, the cohorts' and the followed ones after.
-    starts: Vec<DateTime<Utc>>,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    until: DateTime<Utc>,
-    actor: Actor,
+    pub(super) starts: Vec<DateTime<Utc>>,
+    pub(super) tz: Tz,
+    pub(super) from: DateTime<Utc>,
+    pub(super) to: DateTime<Utc>,
+    /// The end of the last followed period: the last return event read.
+    pub(super) until: DateTime<Utc>,
+    pub(super) actor: Actor,
 }
 
 pub fn retention_plan(q: RetentionQuery, now: DateTime<Utc>) -> AppResult<RetentionPlan> {
@@ -543,6 +546,7 @@ pub fn retention_plan(q: RetentionQuery, now: DateTime<Utc>) -> AppResult<Retent
         periods,
         cohorts,
         starts: all.iter().map(|b| b.start).collect(),
+        tz,
         from,
         to,
         until,
@@ -551,7 +555,10 @@ pub fn retention_plan(q: RetentionQuery, now: DateTime<Utc>) -> AppResult<Retent
 }
 
 impl RetentionPlan {
-    /// The caller's start and return events, sorted by actor and time.
+    /// The caller's start and return events, sorted by actor and time;
+    /// of one actor's events at the same instant, starts first (column 3),
+    /// so a return stamped like the first start counts (`at >= since`)
+    /// whatever order the database would return them in.
     pub fn statement(&self, backend: DbBackend, tenant: uuid::Uuid) -> Statement {
         let mut sql = raw::new_sql(backend);
         let col = self.actor.column();
@@ -559,7 +566,7 @@ impl RetentionPlan {
         let text = format!(
             "SELECT {col}, occurred_at, CASE WHEN type = {s} THEN 1 ELSE 0 END, CASE WHEN type = {r} THEN 1 ELSE 0 END \
              FROM events WHERE tenant_id = {tenant} AND occurred_at >= {from} AND occurred_at < {until} \
-             AND {key} IS NOT NULL AND type IN ({s2}, {r2}) ORDER BY {key}, occurred_at",
+             AND {key} IS NOT NULL AND type IN ({s2}, {r2}) ORDER BY {key}, occurred_at, 3 DESC",
             s = sql.bind(self.start_event.clone()),
             r = sql.bind(self.return_event.clone()),
             tenant = sql.bind(tenant),
@@ -572,18 +579,94 @@ impl RetentionPlan {
     }
 }
 
+/// A retention answer and where it came from.
+#[derive(Clone, Debug)]
+pub struct Retention {
+    pub cohorts: Vec<Cohort>,
+    pub source: Source,
+}
+
+/// Answers `q` from the hourly actor bitmaps where they can answer it
+/// exactly ([`cohorts`](super::cohorts)) and `bitmaps` allows it
+/// (`PULSE_RETENTION_BITMAPS`), else from raw events.
 pub async fn retention(
     db: &DatabaseConnection,
     ctx: &TenantCtx,
     q: RetentionQuery,
     timeout: std::time::Duration,
-) -> AppResult<Vec<Cohort>> {
+    bitmaps: bool,
+) -> AppResult<Retention> {
     let now = Utc::now();
     let plan = retention_plan(q, now)?;
-    let (periods, to, starts) = (plan.periods, plan.to, &plan.starts);
-    let period_of = |t: DateTime<Utc>| starts.partition_point(|s| *s <= t).saturating_sub(1);
+    let periods = plan.periods;
 
     let mut snapshot = Snapshot::begin(db, ctx, timeout).await?;
+    let fast = if bitmaps {
+        within(
+            timeout,
+            super::cohorts::counts(&mut snapshot, &plan, ctx.tenant_id),
+        )
+        .await?
+    } else {
+        None
+    };
+    let (source, counts) = match fast {
+        Some(counts) => (Source::Bitmap, counts),
+        None => (
+            Source::Raw,
+            raw_counts(&mut snapshot, &plan, ctx, timeout).await?,
+        ),
+    };
+    snapshot.finish().await?;
+    let (size, returned) = (counts.size, counts.returned);
+    let starts = &plan.starts;
+
+    let cohorts = plan
+        .cohorts
+        .iter()
+        .enumerate()
+        .map(|(c, bucket)| {
+            let counts: Vec<Option<u64>> = (0..=periods)
+                .map(|k| {
+                    starts
+                        .get(c + k)
+                        .filter(|s| **s <= now)
+                        .map(|_| returned[c][k])
+                })
+                .collect();
+            let rates = counts
+                .iter()
+                .map(|r| {
+                    r.map(|r| {
+                        if size[c] == 0 {
+                            0.0
+                        } else {
+                            r as f64 / size[c] as f64
+                        }
+                    })
+                })
+                .collect();
+            Cohort {
+                start: bucket.start,
+                size: size[c],
+                returned: counts,
+                rates,
+            }
+        })
+        .collect();
+    Ok(Retention { cohorts, source })
+}
+
+/// The plan's counts from raw events: the start and return events,
+/// streamed sorted by actor, one actor's state held at a time.
+async fn raw_counts(
+    snapshot: &mut Snapshot,
+    plan: &RetentionPlan,
+    ctx: &TenantCtx,
+    timeout: std::time::Duration,
+) -> AppResult<Counts> {
+    let (periods, to, starts) = (plan.periods, plan.to, &plan.starts);
+    let period_of = |t: DateTime<Utc>| starts.partition_point(|s| *s <= t).saturating_sub(1);
     let backend = snapshot.backend();
     let stmt = plan.statement(backend, ctx.tenant_id);
     let mut size = vec![0u64; plan.cohorts.len()];
@@ -625,41 +708,7 @@ pub async fn retention(
         Ok(())
     });
     within(timeout, streamed).await?;
-    snapshot.finish().await?;
-
-    Ok(plan
-        .cohorts
-        .iter()
-        .enumerate()
-        .map(|(c, bucket)| {
-            let counts: Vec<Option<u64>> = (0..=periods)
-                .map(|k| {
-                    starts
-                        .get(c + k)
-                        .filter(|s| **s <= now)
-                        .map(|_| returned[c][k])
-                })
-                .collect();
-            let rates = counts
-                .iter()
-                .map(|r| {
-                    r.map(|r| {
-                        if size[c] == 0 {
-                            0.0
-                        } else {
-                            r as f64 / size[c] as f64
-                        }
-                    })
-                })
-                .collect();
-            Cohort {
-                start: bucket.start,
-                size: size[c],
-                returned: counts,
-                rates,
-            }
-        })
-        .collect())
+    Ok(Counts { size, returned })
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod bitmaps;
 pub mod budget;
 pub mod cached;
 mod cells;
+mod cohorts;
 pub mod formula;
 pub mod gate;
 pub mod journey;
