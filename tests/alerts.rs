@@ -145,6 +145,24 @@ async fn wait_for(
     }
 }
 
+/// Waits for a counter to reach `at_least`. The loops count an outcome
+/// just after recording it, so a count may trail what a read of the
+/// alert already shows by a moment.
+async fn counter_reaches(app: &TestApp, name: &str, at_least: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let counted = app.counter(name).await;
+        if counted >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} is {counted}, expected at least {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn pair(from: &str, to: &str) -> (String, String) {
     (from.to_owned(), to.to_owned())
 }
@@ -654,7 +672,7 @@ async fn an_alert_walks_pending_firing_recovering_ok_on_schedule() {
     assert_eq!(history[0]["node"]["threshold"], 10.0);
     // No webhooks: nothing owed.
     assert_eq!(history[0]["node"]["notification"], Value::Null);
-    assert!(app.counter("pulse_alert_transitions_total").await >= 4.0);
+    counter_reaches(&app, "pulse_alert_transitions_total", 4.0).await;
 }
 
 #[tokio::test]
@@ -731,7 +749,7 @@ async fn no_data_and_failing_queries_are_states_of_their_own() {
         assert_eq!(a["state"], "OK");
         assert!(transitions(&a).is_empty(), "{a}");
     }
-    assert!(app.counter("pulse_alert_evaluations_total").await >= 4.0);
+    counter_reaches(&app, "pulse_alert_evaluations_total", 4.0).await;
 }
 
 #[tokio::test]
@@ -875,7 +893,7 @@ async fn webhooks_are_signed_retried_and_their_fate_recorded() {
         "{refused}"
     );
     assert_eq!(refusing.requests(), 1);
-    assert!(app.counter("pulse_alert_webhook_attempts_total").await >= 7.0);
+    counter_reaches(&app, "pulse_alert_webhook_attempts_total", 7.0).await;
 }
 
 #[tokio::test]
