@@ -36,6 +36,11 @@ pub struct LoadArgs {
     /// indexes and for the heap's locality).
     #[arg(long, value_enum, default_value_t = Order::Time)]
     pub order: Order,
+    /// Properties to declare for numeric rollups before loading, as
+    /// `field:ROLE` (e.g. `amount:NUMERIC,plan:DIMENSION`); the load then
+    /// waits for every series' backfill (of the demo data) to finish.
+    #[arg(long, value_delimiter = ',')]
+    pub rollup_fields: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -56,6 +61,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         tokens.push(args.server.token(t, "EDITOR").await?);
     }
     let server = args.server.start().await?;
+    if !args.rollup_fields.is_empty() {
+        declare_rollups(&args, &server.base).await?;
+    }
     let url = Arc::new(format!("{}/v1/events", server.base));
     let tokens = Arc::new(tokens);
     let sent = Arc::new(AtomicU64::new(0));
@@ -119,7 +127,70 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         args.tenants.join(", "),
         args.events as f64 / elapsed
     );
+    if !args.rollup_fields.is_empty() {
+        wait_for_backfills(&args, &server.base).await?;
+    }
     server.stop().await
+}
+
+/// Declares `--rollup-fields` for each tenant, as its ADMIN.
+async fn declare_rollups(args: &LoadArgs, base: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    for tenant in &args.tenants {
+        let token = args.server.token(tenant, "ADMIN").await?;
+        for spec in &args.rollup_fields {
+            let Some((field, role)) = spec.split_once(':') else {
+                bail!("--rollup-fields takes field:ROLE, not {spec:?}");
+            };
+            let body = serde_json::json!({
+                "query": "mutation($f: String!, $r: RollupRole!) { declareRollupField(field: $f, role: $r) { fields { field } } }",
+                "variables": { "f": field, "r": role },
+            });
+            let answer: serde_json::Value = client
+                .post(format!("{base}/graphql"))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await?
+                .json()
+                .await?;
+            if answer.get("errors").is_some() {
+                bail!("declaring {spec} for {tenant}: {answer}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every tenant's rollup series is ready (backfilled).
+async fn wait_for_backfills(args: &LoadArgs, base: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    for tenant in &args.tenants {
+        let token = args.server.token(tenant, "VIEWER").await?;
+        loop {
+            let answer: serde_json::Value = client
+                .post(format!("{base}/graphql"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({ "query": "{ rollups { series { ready } } }" }))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let Some(series) = answer["data"]["rollups"]["series"].as_array() else {
+                bail!("reading {tenant}'s rollups: {answer}");
+            };
+            if series.iter().all(|s| s["ready"] == true) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+    println!(
+        "load: rollup backfills ready {:.0} s after the load",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 const PATHS: [&str; 8] = [

@@ -18,7 +18,9 @@
 //! numbers it has seen ([`KnownNumbers`]) and reads only the others: in
 //! the steady state a batch costs no lookup at all.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::Hash;
 
 use chrono::{DateTime, Utc};
 use roaring::RoaringBitmap;
@@ -40,33 +42,39 @@ impl Kind {
     }
 }
 
-/// What the writer knows of a stored event.
-#[derive(Clone, Debug)]
-pub struct Stored {
+/// What the writer knows of a stored event, borrowed from the batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Stored<'a> {
     pub tenant_id: Uuid,
-    pub event_type: String,
+    pub event_type: &'a str,
     pub occurred_at: DateTime<Utc>,
-    pub user_id: Option<String>,
-    pub session_id: Option<String>,
+    pub user_id: Option<&'a str>,
+    pub session_id: Option<&'a str>,
 }
 
-impl Stored {
-    fn actor(&self, kind: Kind) -> Option<&str> {
+impl<'a> Stored<'a> {
+    fn actor(&self, kind: Kind) -> Option<&'a str> {
         match kind {
-            Kind::User => self.user_id.as_deref(),
-            Kind::Session => self.session_id.as_deref(),
+            Kind::User => self.user_id,
+            Kind::Session => self.session_id,
         }
     }
 }
 
 /// `(tenant, kind)` → the batch's distinct actors of that kind.
-type Wanted = BTreeMap<(Uuid, Kind), BTreeSet<String>>;
+type Wanted<'a> = BTreeMap<(Uuid, Kind), BTreeSet<&'a str>>;
 /// `(tenant, kind)` → actor → number; looked up by `&str`, so the hot
-/// path allocates no key per event.
-#[derive(Default)]
-struct Numbers(HashMap<(Uuid, Kind), HashMap<String, u32>>);
+/// path allocates no key per event. A batch's own map borrows its actors
+/// (`Numbers<&str>`); what outlives the batch owns them.
+struct Numbers<K = String>(HashMap<(Uuid, Kind), HashMap<K, u32>>);
 
-impl Numbers {
+impl<K> Default for Numbers<K> {
+    fn default() -> Self {
+        Numbers(HashMap::new())
+    }
+}
+
+impl<K: Borrow<str> + Hash + Eq> Numbers<K> {
     fn get(&self, tenant: Uuid, kind: Kind, actor: &str) -> Option<u32> {
         self.0.get(&(tenant, kind))?.get(actor).copied()
     }
@@ -75,7 +83,7 @@ impl Numbers {
         self.get(tenant, kind, actor).is_some()
     }
 
-    fn insert(&mut self, tenant: Uuid, kind: Kind, actor: String, number: u32) {
+    fn insert(&mut self, tenant: Uuid, kind: Kind, actor: K, number: u32) {
         self.0
             .entry((tenant, kind))
             .or_default()
@@ -127,9 +135,12 @@ impl Generations {
 }
 
 impl KnownNumbers {
-    /// Entries per generation: at most twice this are held (about 40 MB
-    /// at 200,000); the `ingest` benchmark's 100,000 actors fit in one.
-    pub const GENERATION: usize = 100_000;
+    /// Entries per generation: at most twice this are held (about 40 MB).
+    /// Actors seen again are copied from the old generation to the young,
+    /// so a working set of actors as large as a generation churns (every
+    /// rotation drops a whole map and refills the next); the `ingest`
+    /// benchmark's 100,000 actors stay well inside one.
+    pub const GENERATION: usize = 250_000;
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
         // A panic while holding it leaves whole entries only.
@@ -154,7 +165,11 @@ pub struct Learned(Numbers);
 
 /// The batch's distinct actors, less those whose numbers `known` holds
 /// (put in `numbers`).
-fn wanted(stored: &[Stored], known: &KnownNumbers, numbers: &mut Numbers) -> Wanted {
+fn wanted<'a>(
+    stored: &[Stored<'a>],
+    known: &KnownNumbers,
+    numbers: &mut Numbers<&'a str>,
+) -> Wanted<'a> {
     let mut out = Wanted::new();
     let mut known = known.lock();
     for s in stored {
@@ -166,11 +181,9 @@ fn wanted(stored: &[Stored], known: &KnownNumbers, numbers: &mut Numbers) -> Wan
                 continue;
             }
             match known.get(s.tenant_id, kind, actor) {
-                Some(number) => numbers.insert(s.tenant_id, kind, actor.to_owned(), number),
+                Some(number) => numbers.insert(s.tenant_id, kind, actor, number),
                 None => {
-                    out.entry((s.tenant_id, kind))
-                        .or_default()
-                        .insert(actor.to_owned());
+                    out.entry((s.tenant_id, kind)).or_default().insert(actor);
                 }
             }
         }
@@ -179,12 +192,12 @@ fn wanted(stored: &[Stored], known: &KnownNumbers, numbers: &mut Numbers) -> Wan
 }
 
 /// The numbers of `wanted` actors in `numbers`, for [`Learned`].
-fn learned(wanted: &Wanted, numbers: &Numbers) -> Learned {
+fn learned(wanted: &Wanted<'_>, numbers: &Numbers<&str>) -> Learned {
     let mut out = Numbers::default();
     for ((tenant, kind), set) in wanted {
         for actor in set {
             if let Some(n) = numbers.get(*tenant, *kind, actor) {
-                out.insert(*tenant, *kind, actor.clone(), n);
+                out.insert(*tenant, *kind, (*actor).to_owned(), n);
             }
         }
     }
@@ -200,8 +213,8 @@ pub fn hour_of(t: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// One delta per (tenant, kind, event type, hour), serialized.
-fn deltas(stored: &[Stored], numbers: &Numbers) -> anyhow::Result<Vec<Delta>> {
-    let mut maps: BTreeMap<(Uuid, Kind, String, DateTime<Utc>), RoaringBitmap> = BTreeMap::new();
+fn deltas<'a>(stored: &[Stored<'a>], numbers: &Numbers<&str>) -> anyhow::Result<Vec<Delta<'a>>> {
+    let mut maps: BTreeMap<(Uuid, Kind, &str, DateTime<Utc>), RoaringBitmap> = BTreeMap::new();
     for s in stored {
         for kind in Kind::ALL {
             let Some(actor) = s.actor(kind) else {
@@ -210,14 +223,9 @@ fn deltas(stored: &[Stored], numbers: &Numbers) -> anyhow::Result<Vec<Delta>> {
             let number = numbers
                 .get(s.tenant_id, kind, actor)
                 .ok_or_else(|| anyhow::anyhow!("an actor without a number"))?;
-            maps.entry((
-                s.tenant_id,
-                kind,
-                s.event_type.clone(),
-                hour_of(s.occurred_at),
-            ))
-            .or_default()
-            .insert(number);
+            maps.entry((s.tenant_id, kind, s.event_type, hour_of(s.occurred_at)))
+                .or_default()
+                .insert(number);
         }
     }
     maps.into_iter()
@@ -235,10 +243,10 @@ fn deltas(stored: &[Stored], numbers: &Numbers) -> anyhow::Result<Vec<Delta>> {
         .collect()
 }
 
-struct Delta {
+struct Delta<'a> {
     tenant_id: Uuid,
     kind: Kind,
-    event_type: String,
+    event_type: &'a str,
     hour: DateTime<Utc>,
     bytes: Vec<u8>,
 }
@@ -247,7 +255,7 @@ struct Delta {
 /// writer's transaction.
 pub async fn record_postgres(
     conn: &mut sqlx::PgConnection,
-    stored: &[Stored],
+    stored: &[Stored<'_>],
     known: &KnownNumbers,
 ) -> anyhow::Result<Learned> {
     let mut numbers = Numbers::default();
@@ -257,13 +265,13 @@ pub async fn record_postgres(
     if !wanted.is_empty() {
         known_postgres(conn, &wanted, &mut numbers).await?;
     }
-    let missing: Wanted = wanted
+    let missing: Wanted<'_> = wanted
         .iter()
         .filter_map(|(&(tenant, kind), set)| {
-            let new: BTreeSet<String> = set
+            let new: BTreeSet<&str> = set
                 .iter()
                 .filter(|a| !numbers.has(tenant, kind, a))
-                .cloned()
+                .copied()
                 .collect();
             (!new.is_empty()).then_some(((tenant, kind), new))
         })
@@ -281,12 +289,7 @@ pub async fn record_postgres(
     )
     .bind(deltas.iter().map(|d| d.tenant_id).collect::<Vec<_>>())
     .bind(deltas.iter().map(|d| d.kind.code()).collect::<Vec<_>>())
-    .bind(
-        deltas
-            .iter()
-            .map(|d| d.event_type.as_str())
-            .collect::<Vec<_>>(),
-    )
+    .bind(deltas.iter().map(|d| d.event_type).collect::<Vec<_>>())
     .bind(deltas.iter().map(|d| d.hour).collect::<Vec<_>>())
     .bind(
         deltas
@@ -301,13 +304,13 @@ pub async fn record_postgres(
 
 /// Adds the numbers `wanted` actors already have to `numbers`: one
 /// statement per tenant and kind, a primary-key lookup per actor.
-async fn known_postgres(
+async fn known_postgres<'a>(
     conn: &mut sqlx::PgConnection,
-    wanted: &Wanted,
-    numbers: &mut Numbers,
+    wanted: &Wanted<'a>,
+    numbers: &mut Numbers<&'a str>,
 ) -> anyhow::Result<()> {
     for ((tenant, kind), set) in wanted {
-        let actors: Vec<&str> = set.iter().map(String::as_str).collect();
+        let actors: Vec<&str> = set.iter().copied().collect();
         // A join on the list, not `actor = ANY(…)`: with that, PostgreSQL
         // may plan a scan of the tenant's numbers filtered against the
         // whole list (seen: `texteq` 17 % of its CPU under `ingest`).
@@ -321,12 +324,12 @@ async fn known_postgres(
         .fetch_all(&mut *conn)
         .await?;
         for row in rows {
-            numbers.insert(
-                *tenant,
-                *kind,
-                row.try_get(0)?,
-                u32::try_from(row.try_get::<i32, _>(1)?)?,
-            );
+            let actor: &str = row.try_get(0)?;
+            // The batch's own copy of the id, which outlives the row.
+            if let Some(actor) = set.get(actor) {
+                let number = u32::try_from(row.try_get::<i32, _>(1)?)?;
+                numbers.insert(*tenant, *kind, actor, number);
+            }
         }
     }
     Ok(())
@@ -335,10 +338,10 @@ async fn known_postgres(
 /// Numbers the `missing` actors: locks their tenants' counters (in key
 /// order), reads again who was numbered meanwhile by a writer that held
 /// them, and hands out the next numbers to the rest.
-async fn number_postgres(
+async fn number_postgres<'a>(
     conn: &mut sqlx::PgConnection,
-    missing: &Wanted,
-    numbers: &mut Numbers,
+    missing: &Wanted<'a>,
+    numbers: &mut Numbers<&'a str>,
 ) -> anyhow::Result<()> {
     let keys: Vec<(Uuid, Kind)> = missing.keys().copied().collect();
     let rows = sqlx::query(
@@ -370,10 +373,10 @@ async fn number_postgres(
             *counter = counter
                 .checked_add(1)
                 .ok_or_else(|| anyhow::anyhow!("actor numbers exhausted for a tenant"))?;
-            numbers.insert(*tenant, *kind, actor.clone(), u32::try_from(number)?);
+            numbers.insert(*tenant, *kind, *actor, u32::try_from(number)?);
             new_t.push(*tenant);
             new_k.push(kind.code());
-            new_a.push(actor.as_str());
+            new_a.push(*actor);
             new_n.push(number);
         }
     }
@@ -416,13 +419,13 @@ const SQLITE_CHUNK: usize = 1_000;
 /// database's one write lock.
 pub async fn record_sqlite(
     conn: &mut sqlx::SqliteConnection,
-    stored: &[Stored],
+    stored: &[Stored<'_>],
     known: &KnownNumbers,
 ) -> anyhow::Result<Learned> {
     let mut numbers = Numbers::default();
     let wanted = wanted(stored, known, &mut numbers);
     for ((tenant, kind), set) in &wanted {
-        let all: Vec<&String> = set.iter().collect();
+        let all: Vec<&str> = set.iter().copied().collect();
         for chunk in all.chunks(SQLITE_CHUNK) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "SELECT actor, number FROM actor_numbers WHERE tenant_id = ",
@@ -433,16 +436,15 @@ pub async fn record_sqlite(
                 .push(" AND actor IN (");
             let mut list = q.separated(", ");
             for actor in chunk {
-                list.push_bind(actor.as_str());
+                list.push_bind(*actor);
             }
             q.push(")");
             for row in q.build().fetch_all(&mut *conn).await? {
-                numbers.insert(
-                    *tenant,
-                    *kind,
-                    row.try_get(0)?,
-                    u32::try_from(row.try_get::<i64, _>(1)?)?,
-                );
+                let actor: &str = row.try_get(0)?;
+                if let Some(actor) = set.get(actor) {
+                    let number = u32::try_from(row.try_get::<i64, _>(1)?)?;
+                    numbers.insert(*tenant, *kind, actor, number);
+                }
             }
         }
         let mut counter: i64 = sqlx::query_scalar(
@@ -453,13 +455,13 @@ pub async fn record_sqlite(
         .fetch_optional(&mut *conn)
         .await?
         .unwrap_or(0);
-        let fresh: Vec<(&String, i64)> = set
+        let fresh: Vec<(&str, i64)> = set
             .iter()
             .filter(|a| !numbers.has(*tenant, *kind, a))
             .map(|a| {
                 let n = counter;
                 counter += 1;
-                (a, n)
+                (*a, n)
             })
             .collect();
         if fresh.is_empty() {
@@ -472,13 +474,13 @@ pub async fn record_sqlite(
             q.push_values(chunk, |mut b, (actor, n)| {
                 b.push_bind(*tenant)
                     .push_bind(kind.code())
-                    .push_bind(actor.as_str())
+                    .push_bind(*actor)
                     .push_bind(*n);
             });
             q.build().execute(&mut *conn).await?;
         }
         for (actor, n) in &fresh {
-            numbers.insert(*tenant, *kind, (*actor).clone(), u32::try_from(*n)?);
+            numbers.insert(*tenant, *kind, *actor, u32::try_from(*n)?);
         }
         sqlx::query(
             "INSERT INTO actor_counters (tenant_id, kind, next) VALUES (?1, ?2, ?3) \
@@ -498,7 +500,7 @@ pub async fn record_sqlite(
         q.push_values(chunk, |mut b, d| {
             b.push_bind(d.tenant_id)
                 .push_bind(d.kind.code())
-                .push_bind(d.event_type.as_str())
+                .push_bind(d.event_type)
                 .push_bind(d.hour.timestamp_micros())
                 .push_bind(d.bytes.as_slice());
         });
@@ -677,12 +679,12 @@ mod tests {
     #[test]
     fn one_delta_per_tenant_kind_type_and_hour() {
         let t = Uuid::now_v7();
-        let ev = |kind: &str, secs: i64, user: &str, session: Option<&str>| Stored {
+        let ev = |kind: &'static str, secs: i64, user: &'static str, session| Stored {
             tenant_id: t,
-            event_type: kind.into(),
+            event_type: kind,
             occurred_at: at(secs),
-            user_id: Some(user.into()),
-            session_id: session.map(Into::into),
+            user_id: Some(user),
+            session_id: session,
         };
         let stored = vec![
             ev("a", 3_600, "u1", Some("s1")),
@@ -693,9 +695,9 @@ mod tests {
         ];
         let mut numbers = Numbers::default();
         for (i, u) in ["u1", "u2", "u3"].iter().enumerate() {
-            numbers.insert(t, Kind::User, (*u).into(), i as u32);
+            numbers.insert(t, Kind::User, *u, i as u32);
         }
-        numbers.insert(t, Kind::Session, "s1".into(), 0);
+        numbers.insert(t, Kind::Session, "s1", 0);
         let d = deltas(&stored, &numbers).expect("deltas");
         let read = |d: &Delta| {
             RoaringBitmap::deserialize_from(d.bytes.as_slice())
@@ -705,7 +707,7 @@ mod tests {
         };
         let summary: Vec<(Kind, &str, i64, Vec<u32>)> = d
             .iter()
-            .map(|d| (d.kind, d.event_type.as_str(), d.hour.timestamp(), read(d)))
+            .map(|d| (d.kind, d.event_type, d.hour.timestamp(), read(d)))
             .collect();
         assert_eq!(
             summary,

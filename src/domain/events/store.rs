@@ -55,7 +55,7 @@ WITH input AS (
     SELECT i.tenant_id, i.id, i.type, i.occurred_at, i.user_id, i.session_id, i.properties::jsonb,
            i.ip, i.user_agent, i.source, i.received_at
     FROM input i JOIN fresh f ON f.tenant_id = i.tenant_id AND f.id = i.id
-    RETURNING tenant_id, id, type, occurred_at, user_id, session_id, properties
+    RETURNING tenant_id, id, type, occurred_at, properties
 ), counted AS (
     INSERT INTO analytics_aggregates (tenant_id, event_type, hour_start, event_count)
     SELECT tenant_id, type, date_trunc('hour', occurred_at, 'UTC'), count(*)
@@ -85,7 +85,7 @@ WITH input AS (
         lo = LEAST(p.lo, excluded.lo), hi = GREATEST(p.hi, excluded.hi),
         skipped = p.skipped + excluded.skipped
 )
-SELECT tenant_id, id, type, occurred_at, user_id, session_id FROM stored
+SELECT tenant_id, id FROM stored
 "#;
 
 /// Where events are written, and which PostgreSQL partitions exist.
@@ -190,18 +190,16 @@ impl Store {
             .fetch_all(&mut *txn)
             .await?;
         let mut pairs = HashSet::with_capacity(stored.len());
-        let mut actors_seen = Vec::with_capacity(stored.len());
         for row in &stored {
-            let tenant_id: Uuid = row.try_get(0)?;
-            pairs.insert((tenant_id, row.try_get(1)?));
-            actors_seen.push(Stored {
-                tenant_id,
-                event_type: row.try_get(2)?,
-                occurred_at: row.try_get(3)?,
-                user_id: row.try_get(4)?,
-                session_id: row.try_get(5)?,
-            });
+            pairs.insert((row.try_get(0)?, row.try_get(1)?));
         }
+        // What was stored is known from the batch itself: the statement
+        // returns only the keys.
+        let actors_seen: Vec<Stored<'_>> = rows
+            .iter()
+            .filter(|r| pairs.contains(&(r.tenant_id, r.event.id)))
+            .map(stored_of)
+            .collect();
         let learned = actors::record_postgres(&mut txn, &actors_seen, &self.known).await?;
         txn.commit().await?;
         self.known.remember(learned);
@@ -211,8 +209,7 @@ impl Store {
     async fn insert_sqlite(&self, rows: &[Row<'_>]) -> anyhow::Result<HashSet<(Uuid, Uuid)>> {
         let mut txn = self.db.get_sqlite_connection_pool().begin().await?;
         let mut stored = HashSet::with_capacity(rows.len());
-        let mut hourly: std::collections::BTreeMap<(Uuid, String, i64), i64> = Default::default();
-        let mut actors_seen = Vec::with_capacity(rows.len());
+        let mut hourly: std::collections::BTreeMap<(Uuid, &str, i64), i64> = Default::default();
         let mut rowids = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(SQLITE_CHUNK) {
             let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
@@ -233,29 +230,20 @@ impl Store {
                     .push_bind(e.source.as_str())
                     .push_bind(e.received_at.timestamp_micros());
             });
-            query.push(
-                " ON CONFLICT DO NOTHING RETURNING tenant_id, id, type, occurred_at, user_id, session_id, rowid",
-            );
+            query.push(" ON CONFLICT DO NOTHING RETURNING tenant_id, id, rowid");
             for row in query.build().fetch_all(&mut *txn).await? {
                 stored.insert((row.try_get(0)?, row.try_get(1)?));
-                rowids.push(row.try_get::<i64, _>(6)?);
-                actors_seen.push(Stored {
-                    tenant_id: row.try_get(0)?,
-                    event_type: row.try_get(2)?,
-                    occurred_at: DateTime::from_timestamp_micros(row.try_get::<i64, _>(3)?)
-                        .unwrap_or_default(),
-                    user_id: row.try_get(4)?,
-                    session_id: row.try_get(5)?,
-                });
-                let hour = row.try_get::<i64, _>(3)?.div_euclid(HOUR_MICROS) * HOUR_MICROS;
-                *hourly
-                    .entry((
-                        row.try_get::<Uuid, _>(0)?,
-                        row.try_get::<String, _>(2)?,
-                        hour,
-                    ))
-                    .or_insert(0) += 1;
+                rowids.push(row.try_get::<i64, _>(2)?);
             }
+        }
+        let actors_seen: Vec<Stored<'_>> = rows
+            .iter()
+            .filter(|r| stored.contains(&(r.tenant_id, r.event.id)))
+            .map(stored_of)
+            .collect();
+        for s in &actors_seen {
+            let hour = s.occurred_at.timestamp_micros().div_euclid(HOUR_MICROS) * HOUR_MICROS;
+            *hourly.entry((s.tenant_id, s.event_type, hour)).or_insert(0) += 1;
         }
         // The hourly aggregates, in the same transaction.
         let hourly: Vec<_> = hourly.into_iter().collect();
@@ -265,7 +253,7 @@ impl Store {
             );
             query.push_values(chunk, |mut b, ((tenant, event_type, hour), count)| {
                 b.push_bind(*tenant)
-                    .push_bind(event_type.clone())
+                    .push_bind(*event_type)
                     .push_bind(*hour)
                     .push_bind(*count);
             });
@@ -281,6 +269,18 @@ impl Store {
         txn.commit().await?;
         self.known.remember(learned);
         Ok(stored)
+    }
+}
+
+/// What the actors' bookkeeping needs of a stored event.
+fn stored_of<'a>(r: &Row<'a>) -> Stored<'a> {
+    let e = r.event;
+    Stored {
+        tenant_id: r.tenant_id,
+        event_type: &e.event_type,
+        occurred_at: e.occurred_at,
+        user_id: e.user_id.as_deref(),
+        session_id: e.session_id.as_deref(),
     }
 }
 
