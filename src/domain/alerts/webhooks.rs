@@ -28,7 +28,8 @@ use hmac::{Hmac, Mac};
 use rand::Rng;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
 };
 use sha2::Sha256;
 use uuid::Uuid;
@@ -440,6 +441,19 @@ pub async fn finish(
                 == 1;
             if !written {
                 return Ok(None);
+            }
+            // Deliveries of one transition finish concurrently; without
+            // this lock two finishers each read the other's as pending and
+            // the summary stays PENDING for good. Under it, the read below
+            // (a fresh snapshot per statement) sees every earlier finisher.
+            // SQLite's IMMEDIATE transactions are serialized already.
+            if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+                alert_history::Entity::find()
+                    .filter(alert_history::Column::Id.eq(history_id))
+                    .filter(alert_history::Column::TenantId.eq(tenant))
+                    .lock_exclusive()
+                    .one(txn)
+                    .await?;
             }
             let statuses: Vec<Status> = alert_delivery::Entity::find()
                 .select_only()
