@@ -202,17 +202,19 @@ async fn a_trial_plan_allows_300_queries_a_minute_per_user() {
         let (status, _, body) = send(&app, &token, ME).await;
         assert_eq!(status, 200, "query {i}: {body}");
     }
-    // Past the burst only the refill (five a second) gets through: a
-    // refusal comes within the next few.
-    let mut past = Vec::new();
-    for _ in 0..30 {
-        past.push(send(&app, &token, ME).await);
-        if past.last().is_some_and(|r| r.0 == 429) {
-            break;
-        }
+    // Past the burst only the refill (five a second) gets through: of 30
+    // sent at once, at least half are refused. (One at a time, a slow
+    // machine can send them no faster than the refill and see no refusal.)
+    let past = futures_util::future::join_all((0..30).map(|_| send(&app, &token, ME))).await;
+    let refused: Vec<_> = past.iter().filter(|r| r.0 != 200).collect();
+    assert!(
+        refused.len() >= 15,
+        "{} of 30 got through",
+        30 - refused.len()
+    );
+    for r in refused {
+        assert_limited(r);
     }
-    assert_limited(past.last().expect("sent"));
-    assert!(past.len() < 30, "{} more got through", past.len());
 }
 
 #[tokio::test]
