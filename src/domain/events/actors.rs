@@ -105,7 +105,7 @@ impl<K: Borrow<str> + Hash + Eq> Numbers<K> {
 pub struct KnownNumbers(std::sync::Arc<std::sync::Mutex<Generations>>);
 
 #[derive(Default)]
-pub struct Generations {
+struct Generations {
     young: Numbers,
     old: Numbers,
     young_len: usize,

@@ -193,13 +193,7 @@ impl Store {
         for row in &stored {
             pairs.insert((row.try_get(0)?, row.try_get(1)?));
         }
-        // What was stored is known from the batch itself: the statement
-        // returns only the keys.
-        let actors_seen: Vec<Stored<'_>> = rows
-            .iter()
-            .filter(|r| pairs.contains(&(r.tenant_id, r.event.id)))
-            .map(stored_of)
-            .collect();
+        let actors_seen = stored_of(rows, &pairs);
         let learned = actors::record_postgres(&mut txn, &actors_seen, &self.known).await?;
         txn.commit().await?;
         self.known.remember(learned);
@@ -236,11 +230,7 @@ impl Store {
                 rowids.push(row.try_get::<i64, _>(2)?);
             }
         }
-        let actors_seen: Vec<Stored<'_>> = rows
-            .iter()
-            .filter(|r| stored.contains(&(r.tenant_id, r.event.id)))
-            .map(stored_of)
-            .collect();
+        let actors_seen = stored_of(rows, &stored);
         for s in &actors_seen {
             let hour = s.occurred_at.timestamp_micros().div_euclid(HOUR_MICROS) * HOUR_MICROS;
             *hourly.entry((s.tenant_id, s.event_type, hour)).or_insert(0) += 1;
@@ -272,16 +262,20 @@ impl Store {
     }
 }
 
-/// What the actors' bookkeeping needs of a stored event.
-fn stored_of<'a>(r: &Row<'a>) -> Stored<'a> {
-    let e = r.event;
-    Stored {
-        tenant_id: r.tenant_id,
-        event_type: &e.event_type,
-        occurred_at: e.occurred_at,
-        user_id: e.user_id.as_deref(),
-        session_id: e.session_id.as_deref(),
-    }
+/// What the actors' bookkeeping needs of the rows the statement stored
+/// (`keys`, as it returned them): read from the batch itself, so the
+/// statement returns only the keys.
+fn stored_of<'a>(rows: &[Row<'a>], keys: &HashSet<(Uuid, Uuid)>) -> Vec<Stored<'a>> {
+    rows.iter()
+        .filter(|r| keys.contains(&(r.tenant_id, r.event.id)))
+        .map(|r| Stored {
+            tenant_id: r.tenant_id,
+            event_type: &r.event.event_type,
+            occurred_at: r.event.occurred_at,
+            user_id: r.event.user_id.as_deref(),
+            session_id: r.event.session_id.as_deref(),
+        })
+        .collect()
 }
 
 /// Months counted from year 0: `year * 12 + month0`.
