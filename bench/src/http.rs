@@ -965,7 +965,8 @@ async fn once(target: &Target, body: Bytes, shape: Shape) -> anyhow::Result<Chec
 }
 
 /// A GraphQL request outside the load (set-up), with `reqwest`.
-async fn graphql(base: &str, token: &str, body: Value) -> anyhow::Result<Value> {
+/// Posts a GraphQL request; its `data`, or an error with its `errors`.
+pub(crate) async fn graphql(base: &str, token: &str, body: Value) -> anyhow::Result<Value> {
     let answer: Value = reqwest::Client::new()
         .post(format!("{base}/graphql"))
         .bearer_auth(token)

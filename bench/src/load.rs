@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use rand::{Rng, SeedableRng as _};
 
+use crate::http::graphql;
 use crate::server::ServerArgs;
 
 #[derive(Debug, clap::Args)]
@@ -135,7 +136,6 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
 
 /// Declares `--rollup-fields` for each tenant, as its ADMIN.
 async fn declare_rollups(args: &LoadArgs, base: &str) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
     for tenant in &args.tenants {
         let token = args.server.token(tenant, "ADMIN").await?;
         for spec in &args.rollup_fields {
@@ -146,17 +146,9 @@ async fn declare_rollups(args: &LoadArgs, base: &str) -> anyhow::Result<()> {
                 "query": "mutation($f: String!, $r: RollupRole!) { declareRollupField(field: $f, role: $r) { fields { field } } }",
                 "variables": { "f": field, "r": role },
             });
-            let answer: serde_json::Value = client
-                .post(format!("{base}/graphql"))
-                .bearer_auth(&token)
-                .json(&body)
-                .send()
-                .await?
-                .json()
-                .await?;
-            if answer.get("errors").is_some() {
-                bail!("declaring {spec} for {tenant}: {answer}");
-            }
+            graphql(base, &token, body)
+                .await
+                .with_context(|| format!("declaring {spec} for {tenant}"))?;
         }
     }
     Ok(())
@@ -164,21 +156,16 @@ async fn declare_rollups(args: &LoadArgs, base: &str) -> anyhow::Result<()> {
 
 /// Waits until every tenant's rollup series is ready (backfilled).
 async fn wait_for_backfills(args: &LoadArgs, base: &str) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
     let started = Instant::now();
     for tenant in &args.tenants {
         let token = args.server.token(tenant, "VIEWER").await?;
         loop {
-            let answer: serde_json::Value = client
-                .post(format!("{base}/graphql"))
-                .bearer_auth(&token)
-                .json(&serde_json::json!({ "query": "{ rollups { series { ready } } }" }))
-                .send()
-                .await?
-                .json()
-                .await?;
-            let Some(series) = answer["data"]["rollups"]["series"].as_array() else {
-                bail!("reading {tenant}'s rollups: {answer}");
+            let body = serde_json::json!({ "query": "{ rollups { series { ready } } }" });
+            let data = graphql(base, &token, body)
+                .await
+                .with_context(|| format!("reading {tenant}'s rollups"))?;
+            let Some(series) = data["rollups"]["series"].as_array() else {
+                bail!("reading {tenant}'s rollups: {data}");
             };
             if series.iter().all(|s| s["ready"] == true) {
                 break;

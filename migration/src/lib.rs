@@ -17,6 +17,7 @@ mod m20261124_000010_create_persisted_operations;
 mod m20261201_000011_create_alerts;
 mod m20261201_000012_create_actor_bitmaps;
 mod m20261201_000013_create_property_rollups;
+mod m20261202_000014_all_types_actor_bitmaps;
 
 pub struct Migrator;
 
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000011_create_alerts::Migration),
             Box::new(m20261201_000012_create_actor_bitmaps::Migration),
             Box::new(m20261201_000013_create_property_rollups::Migration),
+            Box::new(m20261202_000014_all_types_actor_bitmaps::Migration),
         ]
     }
 }

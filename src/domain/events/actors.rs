@@ -5,7 +5,8 @@
 //! For a written batch: the distinct user and session ids of the events
 //! actually stored (duplicates excluded) get numbers, existing ones read
 //! and new ones handed out from the tenant's counter; then one roaring
-//! bitmap per (tenant, kind, event type, UTC hour) is appended as a delta.
+//! bitmap per (tenant, kind, event type, UTC hour) is appended as a delta,
+//! and one per (tenant, kind, hour) over all types ([`ALL_TYPES`]).
 //! On PostgreSQL known actors are read without a lock; only a batch with
 //! new actors locks their tenants' counters (in key order, `ON CONFLICT DO
 //! UPDATE`) and reads again under the lock, so concurrent writers, in this
@@ -16,7 +17,8 @@
 //!
 //! A number never changes once committed, so each process keeps the
 //! numbers it has seen ([`KnownNumbers`]) and reads only the others: in
-//! the steady state a batch costs no lookup at all.
+//! the steady state a batch costs no lookup at all, and an event's numbers
+//! are looked up once, when its actors are.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -163,32 +165,58 @@ impl KnownNumbers {
 #[derive(Default)]
 pub struct Learned(Numbers);
 
-/// The batch's distinct actors, less those whose numbers `known` holds
-/// (put in `numbers`).
-fn wanted<'a>(
-    stored: &[Stored<'a>],
-    known: &KnownNumbers,
-    numbers: &mut Numbers<&'a str>,
-) -> Wanted<'a> {
+/// Each stored event's user and session numbers (indexed by [`Kind`]),
+/// `None` where it has no such actor or its number is not known yet.
+type Resolved = Vec<[Option<u32>; 2]>;
+
+/// The batch's distinct actors whose numbers `known` does not hold, and
+/// each event's numbers as far as `known` holds them: one lookup per event
+/// and kind.
+fn wanted<'a>(stored: &[Stored<'a>], known: &KnownNumbers) -> (Wanted<'a>, Resolved) {
     let mut out = Wanted::new();
+    let mut resolved = Vec::with_capacity(stored.len());
     let mut known = known.lock();
     for s in stored {
+        let mut numbers = [None; 2];
         for kind in Kind::ALL {
             let Some(actor) = s.actor(kind) else {
                 continue;
             };
-            if numbers.has(s.tenant_id, kind, actor) {
-                continue;
-            }
             match known.get(s.tenant_id, kind, actor) {
-                Some(number) => numbers.insert(s.tenant_id, kind, actor, number),
+                Some(number) => numbers[kind as usize] = Some(number),
                 None => {
                     out.entry((s.tenant_id, kind)).or_default().insert(actor);
                 }
             }
         }
+        resolved.push(numbers);
     }
-    out
+    (out, resolved)
+}
+
+/// Completes `resolved` with the numbers the database gave the wanted
+/// actors (in `numbers`).
+fn resolve(
+    stored: &[Stored<'_>],
+    resolved: &mut Resolved,
+    numbers: &Numbers<&str>,
+) -> anyhow::Result<()> {
+    for (s, r) in stored.iter().zip(resolved.iter_mut()) {
+        for kind in Kind::ALL {
+            let slot = &mut r[kind as usize];
+            if slot.is_some() {
+                continue;
+            }
+            if let Some(actor) = s.actor(kind) {
+                *slot = Some(
+                    numbers
+                        .get(s.tenant_id, kind, actor)
+                        .ok_or_else(|| anyhow::anyhow!("an actor without a number"))?,
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The numbers of `wanted` actors in `numbers`, for [`Learned`].
@@ -212,35 +240,56 @@ pub fn hour_of(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or(t)
 }
 
-/// One delta per (tenant, kind, event type, hour), serialized.
-fn deltas<'a>(stored: &[Stored<'a>], numbers: &Numbers<&str>) -> anyhow::Result<Vec<Delta<'a>>> {
-    let mut maps: BTreeMap<(Uuid, Kind, &str, DateTime<Utc>), RoaringBitmap> = BTreeMap::new();
-    for s in stored {
-        for kind in Kind::ALL {
-            let Some(actor) = s.actor(kind) else {
-                continue;
-            };
-            let number = numbers
-                .get(s.tenant_id, kind, actor)
-                .ok_or_else(|| anyhow::anyhow!("an actor without a number"))?;
-            maps.entry((s.tenant_id, kind, s.event_type, hour_of(s.occurred_at)))
-                .or_default()
-                .insert(number);
+/// The `event_type` of the bitmaps that hold an hour's actors of every
+/// type, kept beside the per-type ones so that a query without a type
+/// reads one row per hour, not one per type. Event types are 1 to 100
+/// characters, so no type is empty.
+pub const ALL_TYPES: &str = "";
+
+/// One delta per (tenant, kind, event type, hour) and one per (tenant,
+/// kind, hour) over all types ([`ALL_TYPES`]), serialized, in key order.
+fn deltas<'a>(stored: &[Stored<'a>], resolved: &Resolved) -> anyhow::Result<Vec<Delta<'a>>> {
+    // (tenant, type, hour) → the cell's numbers per kind, unsorted.
+    let mut cells: HashMap<(Uuid, &'a str, i64), [Vec<u32>; 2]> = HashMap::new();
+    for (s, numbers) in stored.iter().zip(resolved) {
+        if numbers == &[None, None] {
+            continue;
+        }
+        let hour = s.occurred_at.timestamp_micros().div_euclid(HOUR_MICROS);
+        for event_type in [s.event_type, ALL_TYPES] {
+            let cell = cells.entry((s.tenant_id, event_type, hour)).or_default();
+            for kind in Kind::ALL {
+                if let Some(n) = numbers[kind as usize] {
+                    cell[kind as usize].push(n);
+                }
+            }
         }
     }
-    maps.into_iter()
-        .map(|((tenant_id, kind, event_type, hour), bitmap)| {
+    let mut out = Vec::with_capacity(cells.len() * 2);
+    for ((tenant_id, event_type, hour), per_kind) in cells {
+        for (kind, mut list) in Kind::ALL.into_iter().zip(per_kind) {
+            if list.is_empty() {
+                continue;
+            }
+            list.sort_unstable();
+            list.dedup();
+            let bitmap = RoaringBitmap::from_sorted_iter(list)?;
             let mut bytes = Vec::with_capacity(bitmap.serialized_size());
             bitmap.serialize_into(&mut bytes)?;
-            Ok(Delta {
+            out.push(Delta {
                 tenant_id,
                 kind,
                 event_type,
-                hour,
+                hour: DateTime::from_timestamp_micros(hour * HOUR_MICROS)
+                    .ok_or_else(|| anyhow::anyhow!("an hour out of range"))?,
                 bytes,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    out.sort_unstable_by(|a, b| {
+        (a.tenant_id, a.kind, a.event_type, a.hour).cmp(&(b.tenant_id, b.kind, b.event_type, b.hour))
+    });
+    Ok(out)
 }
 
 struct Delta<'a> {
@@ -258,8 +307,8 @@ pub async fn record_postgres(
     stored: &[Stored<'_>],
     known: &KnownNumbers,
 ) -> anyhow::Result<Learned> {
-    let mut numbers = Numbers::default();
-    let wanted = wanted(stored, known, &mut numbers);
+    let mut numbers: Numbers<&str> = Numbers::default();
+    let (wanted, mut resolved) = wanted(stored, known);
     // Most actors of a batch have been seen before: read the numbers this
     // process does not know without taking any lock.
     if !wanted.is_empty() {
@@ -279,7 +328,10 @@ pub async fn record_postgres(
     if !missing.is_empty() {
         number_postgres(conn, &missing, &mut numbers).await?;
     }
-    let deltas = deltas(stored, &numbers)?;
+    if !wanted.is_empty() {
+        resolve(stored, &mut resolved, &numbers)?;
+    }
+    let deltas = deltas(stored, &resolved)?;
     if deltas.is_empty() {
         return Ok(Learned::default());
     }
@@ -422,8 +474,8 @@ pub async fn record_sqlite(
     stored: &[Stored<'_>],
     known: &KnownNumbers,
 ) -> anyhow::Result<Learned> {
-    let mut numbers = Numbers::default();
-    let wanted = wanted(stored, known, &mut numbers);
+    let mut numbers: Numbers<&str> = Numbers::default();
+    let (wanted, mut resolved) = wanted(stored, known);
     for ((tenant, kind), set) in &wanted {
         let all: Vec<&str> = set.iter().copied().collect();
         for chunk in all.chunks(SQLITE_CHUNK) {
@@ -492,7 +544,10 @@ pub async fn record_sqlite(
         .execute(&mut *conn)
         .await?;
     }
-    let deltas = deltas(stored, &numbers)?;
+    if !wanted.is_empty() {
+        resolve(stored, &mut resolved, &numbers)?;
+    }
+    let deltas = deltas(stored, &resolved)?;
     for chunk in deltas.chunks(SQLITE_CHUNK) {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO actor_bitmaps (tenant_id, kind, event_type, hour_start, bitmap) ",
@@ -677,7 +732,7 @@ mod tests {
     }
 
     #[test]
-    fn one_delta_per_tenant_kind_type_and_hour() {
+    fn one_delta_per_tenant_kind_type_and_hour_and_one_over_all_types() {
         let t = Uuid::now_v7();
         let ev = |kind: &'static str, secs: i64, user: &'static str, session| Stored {
             tenant_id: t,
@@ -693,12 +748,9 @@ mod tests {
             ev("a", 7_200, "u1", None),
             ev("b", 3_600, "u3", None),
         ];
-        let mut numbers = Numbers::default();
-        for (i, u) in ["u1", "u2", "u3"].iter().enumerate() {
-            numbers.insert(t, Kind::User, *u, i as u32);
-        }
-        numbers.insert(t, Kind::Session, "s1", 0);
-        let d = deltas(&stored, &numbers).expect("deltas");
+        let (u1, u2, u3, s1) = (Some(0), Some(1), Some(2), Some(0));
+        let resolved = vec![[u1, s1], [u2, None], [u1, None], [u1, None], [u3, None]];
+        let d = deltas(&stored, &resolved).expect("deltas");
         let read = |d: &Delta| {
             RoaringBitmap::deserialize_from(d.bytes.as_slice())
                 .expect("bitmap")
@@ -712,9 +764,12 @@ mod tests {
         assert_eq!(
             summary,
             vec![
+                (Kind::User, ALL_TYPES, 3_600, vec![0, 1, 2]),
+                (Kind::User, ALL_TYPES, 7_200, vec![0]),
                 (Kind::User, "a", 3_600, vec![0, 1]),
                 (Kind::User, "a", 7_200, vec![0]),
                 (Kind::User, "b", 3_600, vec![2]),
+                (Kind::Session, ALL_TYPES, 3_600, vec![0]),
                 (Kind::Session, "a", 3_600, vec![0]),
             ]
         );

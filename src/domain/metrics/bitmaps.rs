@@ -5,6 +5,9 @@
 //! actors looked up by number and added to the same unions, so the answer
 //! is exactly the raw path's.
 //!
+//! A query without an event-type filter or grouping reads the bitmaps
+//! over all types, one per hour; one grouped by type reads each type's.
+//!
 //! Eligible: no property filters (event types are fine), grouping by
 //! `type` at most, HOUR or coarser buckets (or none), a zone whose offset
 //! over the range is always a whole number of hours (each UTC hour then
@@ -22,7 +25,7 @@ use super::Snapshot;
 use super::plan::{Field, Measure, Plan};
 use super::raw::{Aggregates, GroupKey, Window, new_sql, rollup_hours, statement};
 use super::time::{self, Granularity};
-use crate::domain::events::actors::{Kind, hour_of};
+use crate::domain::events::actors::{ALL_TYPES, Kind, hour_of};
 use crate::domain::events::query::{time_at, time_value};
 
 /// The actors' kind and the whole UTC hours of the range, when the
@@ -85,16 +88,24 @@ pub async fn aggregate(
     };
     let mut cells = Cells::new();
 
-    // Whole hours: the bitmaps.
+    // Whole hours: the bitmaps. Without a type filter or grouping, the
+    // rows over all types (one per hour); grouped by type, every type's
+    // but those.
     let mut sql = new_sql(backend);
+    let rows = if !plan.event_types.is_empty() {
+        types(&mut sql).replace("{type}", "event_type")
+    } else if plan.group_by.is_empty() {
+        format!(" AND event_type = {}", sql.bind(ALL_TYPES.to_owned()))
+    } else {
+        format!(" AND event_type <> {}", sql.bind(ALL_TYPES.to_owned()))
+    };
     let text = format!(
         "SELECT event_type, hour_start, bitmap FROM actor_bitmaps WHERE tenant_id = {} AND kind = {} \
-         AND hour_start >= {} AND hour_start < {}{}",
+         AND hour_start >= {} AND hour_start < {}{rows}",
         sql.bind(tenant),
         sql.bind(kind.code()),
         sql.bind(time_value(backend, start)),
         sql.bind(time_value(backend, end)),
-        types(&mut sql).replace("{type}", "event_type"),
     );
     for row in s.query_all(statement(sql, text)).await? {
         let event_type: String = row.try_get_by_index(0)?;
