@@ -663,6 +663,34 @@ async fn queries_report_and_count_their_source() {
         )
         .await;
     assert_eq!(body["extensions"]["queries"][0]["source"], "raw", "{body}");
+    // Retention reads the bitmaps, a funnel raw events: both reported.
+    let range = json!({ "from": "2026-10-19T00:00:00Z", "to": "2026-10-26T00:00:00Z" });
+    let body = f
+        .app
+        .gql_as(
+            &f.token,
+            "query($i: RetentionInput!) { retention(input: $i) { cohorts { size } } }",
+            json!({ "i": { "startEvent": "page_view", "returnEvent": "purchase",
+                           "period": "DAY", "range": range } }),
+        )
+        .await;
+    assert_eq!(
+        body["extensions"]["queries"][0],
+        json!({ "path": "retention", "source": "bitmap",
+                "dbMs": body["extensions"]["queries"][0]["dbMs"], "skippedValues": 0 }),
+        "{body}"
+    );
+    assert!(body["extensions"]["queries"][0]["dbMs"].as_f64() > Some(0.0));
+    let body = f
+        .app
+        .gql_as(
+            &f.token,
+            "query($i: FunnelInput!) { funnel(input: $i) { steps { count } } }",
+            json!({ "i": { "steps": [{ "eventType": "page_view" }, { "eventType": "purchase" }], "conversionWindow": "7d",
+                           "range": range } }),
+        )
+        .await;
+    assert_eq!(body["extensions"]["queries"][0]["source"], "raw", "{body}");
     let text = f
         .app
         .http
@@ -674,7 +702,7 @@ async fn queries_report_and_count_their_source() {
         .await
         .expect("text");
     assert!(
-        text.contains("pulse_metric_queries_total{source=\"raw\"} 2"),
+        text.contains("pulse_metric_queries_total{source=\"raw\"} 3"),
         "{text}"
     );
     assert!(
@@ -682,7 +710,7 @@ async fn queries_report_and_count_their_source() {
         "{text}"
     );
     assert!(
-        text.contains("pulse_metric_queries_total{source=\"bitmap\"} 1"),
+        text.contains("pulse_metric_queries_total{source=\"bitmap\"} 2"),
         "{text}"
     );
 }

@@ -350,18 +350,37 @@ fn record(
     app: &AppState,
     result: metrics::MetricResult,
 ) -> metrics::MetricResult {
-    app.metrics
-        .record_query(result.source.as_str(), result.db_time);
+    log_query(
+        ctx,
+        app,
+        result.source,
+        result.db_time,
+        result.skipped,
+        result.cache.clone(),
+    );
+    result
+}
+
+/// Counts an answered query (a metric, a funnel or a retention table) in
+/// the server's metrics and in the response's `extensions.queries`.
+fn log_query(
+    ctx: &Context<'_>,
+    app: &AppState,
+    source: metrics::Source,
+    db_time: std::time::Duration,
+    skipped_values: u64,
+    cache: Option<metrics::cached::CacheUse>,
+) {
+    app.metrics.record_query(source.as_str(), db_time);
     if let Some(log) = ctx.data_opt::<QueryLog>() {
         log.push(Provenance {
             path: ctx.path_node.map(|p| p.to_string()).unwrap_or_default(),
-            source: result.source.as_str(),
-            db_ms: result.db_time.as_secs_f64() * 1000.0,
-            skipped_values: result.skipped,
-            cache: result.cache.clone(),
+            source: source.as_str(),
+            db_ms: db_time.as_secs_f64() * 1000.0,
+            skipped_values,
+            cache,
         });
     }
-    result
 }
 
 /// `metrics`, for the field and for saved queries and widgets.
@@ -451,6 +470,14 @@ pub(crate) async fn run_funnel(
         journey::funnel(&app.db, &caller, query, app.config.query_timeout).await
     })
     .await?;
+    log_query(
+        ctx,
+        state(ctx)?,
+        metrics::Source::Raw,
+        result.db_time,
+        0,
+        None,
+    );
     Ok(FunnelResult {
         steps: result.steps.into_iter().map(Into::into).collect(),
         breakdowns: result
@@ -482,9 +509,7 @@ pub(crate) async fn run_retention(
         count_by: input.count_by,
         max_span: Some(state(ctx)?.config.analytics.max_range),
     };
-    // Where the answer came from is not reported for retention (nor for
-    // funnels): `extensions.queries` lists metric queries only.
-    let cohorts = analytic(ctx, caller, move |app, caller| async move {
+    let answer = analytic(ctx, caller, move |app, caller| async move {
         journey::retention(
             &app.db,
             &caller,
@@ -494,8 +519,9 @@ pub(crate) async fn run_retention(
         )
         .await
     })
-    .await?
-    .cohorts;
+    .await?;
+    log_query(ctx, state(ctx)?, answer.source, answer.db_time, 0, None);
+    let cohorts = answer.cohorts;
     let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     Ok(RetentionResult {
         cohorts: cohorts

@@ -1,4 +1,5 @@
-//! Puts where each metric answer came from into the response:
+//! Puts where each answer of the metric engine (metrics, funnels,
+//! retention) came from into the response:
 //! `extensions.queries: [{path, source, dbMs, skippedValues, cache}]`, where
 //! `cache` (when the hot cache took part) is `{hit, ageMs, recomputed}`:
 //! whether every bucket came from the cache, the age of the oldest one
@@ -12,12 +13,12 @@ use std::sync::{Arc, Mutex};
 
 use async_graphql::{Response, Value};
 
-/// One answered metric query.
+/// One answered query of the metric engine.
 #[derive(Clone, Debug)]
 pub struct Provenance {
     /// The response path, e.g. `metrics` or an alias.
     pub path: String,
-    /// `raw` or `rollup`.
+    /// `raw`, `rollup` or `bitmap`.
     pub source: &'static str,
     pub db_ms: f64,
     /// Events whose field was present but not numeric.

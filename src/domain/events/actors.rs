@@ -287,7 +287,12 @@ fn deltas<'a>(stored: &[Stored<'a>], resolved: &Resolved) -> anyhow::Result<Vec<
         }
     }
     out.sort_unstable_by(|a, b| {
-        (a.tenant_id, a.kind, a.event_type, a.hour).cmp(&(b.tenant_id, b.kind, b.event_type, b.hour))
+        (a.tenant_id, a.kind, a.event_type, a.hour).cmp(&(
+            b.tenant_id,
+            b.kind,
+            b.event_type,
+            b.hour,
+        ))
     });
     Ok(out)
 }

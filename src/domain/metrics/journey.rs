@@ -101,6 +101,8 @@ pub struct FunnelStep {
 #[derive(Clone, Debug)]
 pub struct FunnelResult {
     pub steps: Vec<FunnelStep>,
+    /// Time spent waiting for the database (funnels read raw events).
+    pub db_time: std::time::Duration,
     /// Per value of the breakdown property, largest first; the rest as
     /// `__other__`.
     pub breakdowns: Vec<(Value, Vec<FunnelStep>)>,
@@ -306,6 +308,7 @@ pub async fn funnel(
     let n = plan.steps.len();
     let (tz, to, window) = (plan.tz, plan.to, plan.window);
 
+    let started = std::time::Instant::now();
     let mut snapshot = Snapshot::begin(db, ctx, timeout).await?;
     let backend = snapshot.backend();
     let stmt = plan.statement(backend, ctx.tenant_id);
@@ -341,6 +344,7 @@ pub async fn funnel(
     });
     within(timeout, streamed).await?;
     snapshot.finish().await?;
+    let db_time = started.elapsed();
     walk.finish(&mut tallies, n);
 
     let names: Vec<String> = plan.steps.iter().map(|(t, _)| t.clone()).collect();
@@ -373,6 +377,7 @@ pub async fn funnel(
     }
     Ok(FunnelResult {
         steps: overall.steps(&names),
+        db_time,
         breakdowns,
     })
 }
@@ -584,6 +589,8 @@ impl RetentionPlan {
 pub struct Retention {
     pub cohorts: Vec<Cohort>,
     pub source: Source,
+    /// Time spent waiting for the database.
+    pub db_time: std::time::Duration,
 }
 
 /// Answers `q` from the hourly actor bitmaps where they can answer it
@@ -600,6 +607,7 @@ pub async fn retention(
     let plan = retention_plan(q, now)?;
     let periods = plan.periods;
 
+    let started = std::time::Instant::now();
     let mut snapshot = Snapshot::begin(db, ctx, timeout).await?;
     let fast = if bitmaps {
         within(
@@ -618,6 +626,7 @@ pub async fn retention(
         ),
     };
     snapshot.finish().await?;
+    let db_time = started.elapsed();
     let (size, returned) = (counts.size, counts.returned);
     let starts = &plan.starts;
 
@@ -654,7 +663,11 @@ pub async fn retention(
             }
         })
         .collect();
-    Ok(Retention { cohorts, source })
+    Ok(Retention {
+        cohorts,
+        source,
+        db_time,
+    })
 }
 
 /// The plan's counts from raw events: the start and return events,
