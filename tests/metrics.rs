@@ -1136,6 +1136,56 @@ async fn bitmap_deltas_merge_without_changing_answers() {
     assert_eq!(answer(&before), answer(&after));
 }
 
+/// A database written before the bitmaps over all types existed: the
+/// migration that brings them copies each per-type row as an all-types
+/// delta, so queries without a type stay exact once it has run.
+#[tokio::test]
+async fn the_all_types_migration_rebuilds_them_from_the_per_type_bitmaps() {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::{ConnectionTrait, Statement};
+    let app = spawn_isolated_app().await;
+    let t = app.tenant("bitmap-upgrade").await;
+    let editor = app.token(&t, Role::Editor);
+    let viewer = app.token(&t, Role::Viewer);
+    let start = chrono::Utc::now() - chrono::Duration::hours(30);
+    let events: Vec<Value> = (0..120)
+        .map(|i| {
+            let event_type = ["a", "b", "c"][i % 3];
+            json!({ "type": event_type, "userId": format!("u{}", i % 37),
+                    "timestamp": (start + chrono::Duration::minutes(i as i64 * 13)).to_rfc3339() })
+        })
+        .collect();
+    let (status, body) = app.post_events(&editor, Value::Array(events)).await;
+    assert_eq!(status, 202, "{body}");
+    let q = json!({ "q": { "measure": "COUNT_DISTINCT", "field": "userId", "granularity": "HOUR",
+                           "range": { "last": "2d" } } });
+    let fresh = app.gql_as(&viewer, METRICS, q.clone()).await;
+    assert_eq!(fresh["extensions"]["queries"][0]["source"], "bitmap");
+    assert_eq!(data(&fresh)["metrics"]["total"], 37.0, "{fresh}");
+    let db = &app.state.db;
+    let all_types_rows = || async {
+        let backend = db.get_database_backend();
+        db.query_one_raw(Statement::from_string(
+            backend,
+            "SELECT count(*) FROM actor_bitmaps WHERE event_type = ''",
+        ))
+        .await
+        .expect("count")
+        .expect("row")
+        .try_get_by_index::<i64>(0)
+        .expect("n")
+    };
+    assert!(all_types_rows().await > 0);
+    // As before the migration: no bitmaps over all types.
+    Migrator::down(db, Some(1)).await.expect("down");
+    assert_eq!(all_types_rows().await, 0);
+    Migrator::up(db, None).await.expect("up");
+    assert!(all_types_rows().await > 0);
+    let upgraded = app.gql_as(&viewer, METRICS, q).await;
+    assert_eq!(upgraded["extensions"]["queries"][0]["source"], "bitmap");
+    assert_eq!(answer(&fresh), answer(&upgraded));
+}
+
 /// Two server processes ingesting for one tenant at once, with the same
 /// users: numbers are never handed out twice and the bitmaps stay exact.
 #[tokio::test]
