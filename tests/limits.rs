@@ -337,6 +337,13 @@ async fn a_query_over_its_budget_is_refused_with_the_estimate_and_the_limit() {
         .gql_as(&token, METRICS, json!({ "q": three_days(None) }))
         .await;
     assert_eq!(data(&rollup)["metrics"]["total"], 20.0, "{rollup}");
+    // Distinct users from the actor bitmaps: one per type and hour too.
+    let mut distinct = three_days(None);
+    distinct["measure"] = json!("COUNT_DISTINCT");
+    distinct["field"] = json!("userId");
+    let bitmap = app.gql_as(&token, METRICS, json!({ "q": distinct })).await;
+    assert_eq!(data(&bitmap)["metrics"]["total"], 20.0, "{bitmap}");
+    assert_eq!(bitmap["extensions"]["queries"][0]["source"], "bitmap");
     // Filtered, every event is read: 20 rows and 3 cells, over 10.
     let raw = app
         .gql_as(&token, METRICS, json!({ "q": three_days(Some("pro")) }))

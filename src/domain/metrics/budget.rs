@@ -6,7 +6,9 @@
 //! The estimate is read from the hourly aggregates, which count every
 //! event by tenant, type and hour: one indexed range read of at most a row
 //! per hour and type. A span answered from the aggregates touches one row
-//! per aggregate row (and the raw events of its partial edge hours); any
+//! per aggregate row (and the raw events of its partial edge hours), and
+//! so does one answered from the actor bitmaps (a bitmap per type and
+//! hour); any
 //! other span touches every event of its types in its hours. Filters are
 //! not applied, so the estimate is an upper bound. The cost adds the cells
 //! the answer holds (buckets × series), so a wide, fine-grained grouping
@@ -78,8 +80,13 @@ fn hour_ceil(t: DateTime<Utc>) -> DateTime<Utc> {
 /// plan) touches; the golden tests pin it beside the query's own.
 pub fn statement(backend: sea_orm::DbBackend, part: &Plan, tenant: uuid::Uuid) -> Statement {
     let mut sql = raw::new_sql(backend);
-    // An empty window (raw path): every hour counts its events.
-    let (ws, we) = raw::rollup_window(part).unwrap_or((part.from, part.from));
+    // The whole hours the hourly counts or the actor bitmaps answer cost a
+    // row per type and hour; an empty window (raw path): every hour counts
+    // its events. (Numeric rollups are not counted as such: a dimension
+    // over its cap falls back to raw events when the query runs.)
+    let (ws, we) = raw::rollup_window(part)
+        .or_else(|| super::bitmaps::window(part).map(|(_, hours)| hours))
+        .unwrap_or((part.from, part.from));
     let mut wh = vec![
         format!("tenant_id = {}", sql.bind(tenant)),
         format!(
