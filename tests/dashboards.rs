@@ -119,8 +119,9 @@ async fn widgets_resolve_their_data_with_variables_and_identical_queries_run_onc
         .as_array()
         .expect("widgets")
         .clone();
-    // Two identical metric queries and a different one: two metric runs.
-    assert_eq!(metric_queries(&scrape(&app).await) - before, 2.0);
+    // Two identical metric queries and a different one: two metric runs;
+    // and the funnel.
+    assert_eq!(metric_queries(&scrape(&app).await) - before, 3.0);
     assert_eq!(widgets[0]["data"]["total"], 4.0);
     assert_eq!(widgets[1]["data"]["total"], 4.0);
     assert_eq!(widgets[2]["data"]["total"], 3.0);

@@ -473,7 +473,7 @@ pub(crate) async fn run_funnel(
     log_query(
         ctx,
         state(ctx)?,
-        metrics::Source::Raw,
+        metrics::Source::RAW,
         result.db_time,
         0,
         None,

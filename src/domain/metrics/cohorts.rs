@@ -42,6 +42,9 @@ use crate::domain::events::query::{time_at, time_value};
 pub(super) struct Counts {
     pub size: Vec<u64>,
     pub returned: Vec<Vec<u64>>,
+    /// Whether raw events were read too (partial hours at the ends, or
+    /// actors whose return shares their first start's hour).
+    pub raw: bool,
 }
 
 /// Which spans of a plan the bitmaps answer and which raw events do.
@@ -139,6 +142,7 @@ fn tally(
     let mut counts = Counts {
         size: members.iter().map(RoaringBitmap::len).collect(),
         returned: vec![vec![0; periods + 1]; cohorts],
+        raw: false,
     };
     let mut ambiguous = Vec::new();
     for (c, cohort) in members.iter().enumerate() {
@@ -372,6 +376,7 @@ pub(super) async fn counts(
         }
     }
     elsewhere.sort_unstable();
+    counts.raw = w.head.is_some() || w.tail.is_some() || !elsewhere.is_empty();
     for chunk in elsewhere.chunks(RESOLVE_CHUNK) {
         let wanted: Vec<u32> = chunk.iter().map(|(_, _, n)| *n).collect();
         let names = actors_of(s, tenant, kind, &wanted).await?;
@@ -450,6 +455,7 @@ mod tests {
             Counts {
                 size: vec![3, 1],
                 returned: vec![vec![1, 2, 1], vec![0, 1, 0]],
+                raw: false,
             }
         );
         assert_eq!(

@@ -637,11 +637,11 @@ pub fn combine(formula: &Formula, inputs: Vec<Input>, now: DateTime<Utc>) -> Met
         series,
         total: formula.eval(&totals),
         computed_at: now,
-        source: if inputs.iter().all(|i| i.result.source == Source::Rollup) {
-            Source::Rollup
-        } else {
-            Source::Raw
-        },
+        source: inputs
+            .iter()
+            .map(|i| i.result.source)
+            .reduce(Source::union)
+            .unwrap_or(Source::RAW),
         db_time: inputs.iter().map(|i| i.result.db_time).sum(),
         skipped: inputs.iter().map(|i| i.result.skipped).sum(),
         cache: cache_use(inputs.iter().map(|i| i.result.cache.as_ref())),
@@ -863,7 +863,7 @@ mod tests {
             series,
             total,
             computed_at: Utc::now(),
-            source: Source::Raw,
+            source: Source::RAW,
             db_time: Duration::ZERO,
             skipped: 0,
             cache: None,

@@ -619,9 +619,9 @@ pub async fn retention(
         None
     };
     let (source, counts) = match fast {
-        Some(counts) => (Source::Bitmap, counts),
+        Some(counts) => (Source::BITMAP.and_raw(counts.raw), counts),
         None => (
-            Source::Raw,
+            Source::RAW,
             raw_counts(&mut snapshot, &plan, ctx, timeout).await?,
         ),
     };
@@ -721,7 +721,11 @@ async fn raw_counts(
         Ok(())
     });
     within(timeout, streamed).await?;
-    Ok(Counts { size, returned })
+    Ok(Counts {
+        size,
+        returned,
+        raw: true,
+    })
 }
 
 #[cfg(test)]

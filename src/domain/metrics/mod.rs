@@ -61,23 +61,70 @@ pub fn now() -> DateTime<Utc> {
 /// The name of the series that sums the groups past `limit`.
 pub const OTHER: &str = "__other__";
 
-/// Where an answer came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    Raw,
-    Rollup,
-    /// The hourly actor bitmaps (exact distinct counts).
-    Bitmap,
+/// Where an answer came from: the hourly actor bitmaps, the hourly
+/// rollups (counts or declared numeric properties), raw events, or a mix
+/// (e.g. rollups for the whole hours and raw events for the partial hours
+/// at the range's ends). Reported as `bitmap`, `rollup`, `raw` or the
+/// parts joined by `+`, in that order (`rollup+raw`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Source {
+    bitmap: bool,
+    rollup: bool,
+    raw: bool,
 }
 
 impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Raw => "raw",
-            Source::Rollup => "rollup",
-            Source::Bitmap => "bitmap",
+    pub const RAW: Source = Source {
+        bitmap: false,
+        rollup: false,
+        raw: true,
+    };
+    pub const ROLLUP: Source = Source {
+        bitmap: false,
+        rollup: true,
+        raw: false,
+    };
+    pub const BITMAP: Source = Source {
+        bitmap: true,
+        rollup: false,
+        raw: false,
+    };
+
+    /// This, and raw events too when `raw`.
+    pub fn and_raw(self, raw: bool) -> Source {
+        Source {
+            raw: self.raw || raw,
+            ..self
         }
     }
+
+    /// Both sources' parts.
+    pub fn union(self, other: Source) -> Source {
+        Source {
+            bitmap: self.bitmap || other.bitmap,
+            rollup: self.rollup || other.rollup,
+            raw: self.raw || other.raw,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match (self.bitmap, self.rollup, self.raw) {
+            (true, true, true) => "bitmap+rollup+raw",
+            (true, true, false) => "bitmap+rollup",
+            (true, false, true) => "bitmap+raw",
+            (true, false, false) => "bitmap",
+            (false, true, true) => "rollup+raw",
+            (false, true, false) => "rollup",
+            // Nothing read (no query): as raw.
+            (false, false, _) => "raw",
+        }
+    }
+}
+
+/// Whether a plan answered from whole hours reads raw events for partial
+/// hours at its ends.
+fn raw_edges(plan: &plan::Plan) -> bool {
+    raw::rollup_hours(plan).is_none_or(|(start, end)| plan.from < start || end < plan.to)
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -195,9 +242,9 @@ pub(crate) async fn run_plan(
             cached::aggregate(db, ctx, plan, timeout, cache, services).await?
     {
         let source = if aggregates.from_rollups {
-            Source::Rollup
+            Source::ROLLUP.and_raw(raw_edges(plan))
         } else {
-            Source::Raw
+            Source::RAW
         };
         let mut result = assemble(plan, aggregates, now, source, started.elapsed());
         result.cache = Some(used);
@@ -216,11 +263,11 @@ pub(crate) async fn run_plan(
     }
     let db_time = started.elapsed();
     let source = if aggregates.from_bitmaps {
-        Source::Bitmap
+        Source::BITMAP.and_raw(raw_edges(plan))
     } else if aggregates.from_rollups {
-        Source::Rollup
+        Source::ROLLUP.and_raw(raw_edges(plan))
     } else {
-        Source::Raw
+        Source::RAW
     };
     Ok(assemble(plan, aggregates, now, source, db_time))
 }
