@@ -5,23 +5,32 @@
 //!
 //! The snapshots pin each statement's text and bound values, the tenant
 //! predicate included, so a change to the SQL shows up in review; the test
-//! also checks that every read of `events` or `analytics_aggregates` is
-//! scoped by the tenant. `plans` runs the same cases' statements on a
+//! also checks that every read of `events` or of a rollup table is scoped
+//! by the tenant. `plans` runs the same cases' statements on a
 //! seeded database and checks their query plans.
 
 use std::path::Path;
 
 use chrono::{DateTime, TimeZone, Utc};
 use pulse::domain::events::query::{self as events, EventFilter};
-use pulse::domain::metrics::budget;
 use pulse::domain::metrics::journey::{self, FunnelQuery, FunnelStepQuery, RetentionQuery};
 use pulse::domain::metrics::plan::{self, FilterOp, Measure, MetricQuery};
 use pulse::domain::metrics::raw::{GroupKey, Statements};
 use pulse::domain::metrics::time::Granularity;
+use pulse::domain::metrics::{bitmaps, budget, numeric};
 use sea_orm::{DbBackend, Statement};
 use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
+
+/// The tables of the tenants' events and their rollups.
+pub const TENANT_TABLES: [&str; 5] = [
+    "events",
+    "analytics_aggregates",
+    "actor_bitmaps",
+    "actor_coverage",
+    "property_rollups",
+];
 
 /// The tenant every golden statement is for.
 pub const TENANT: Uuid = Uuid::from_u128(0x0000_0000_0000_0000_0000_0000_0000_00aa);
@@ -202,8 +211,14 @@ impl Case {
                 limit: m.limit,
             };
             let plan = plan::plan(q, now(), plan::DEFAULT_MAX_SPAN).expect("a valid metric query");
-            // The query budget's estimate runs first, over the aggregates.
+            // The query budget's estimate runs first, over the aggregates;
+            // then the actor bitmaps or the numeric rollups, where they
+            // may answer; the raw statements answer the rest.
             let mut all = vec![budget::statement(backend, &plan, tenant)];
+            all.extend(bitmaps::statements(backend, &plan, tenant));
+            if let Some(series) = numeric::window(&plan) {
+                all.push(numeric::statement(backend, &plan, tenant, &series));
+            }
             all.extend(Statements::new(backend, &plan, tenant).all(&self.ranked));
             return all;
         }
@@ -295,12 +310,12 @@ fn render(statements: &[Statement]) -> String {
     out
 }
 
-/// Every `FROM events` / `FROM analytics_aggregates` is followed by
-/// `WHERE tenant_id = <the parameter bound to the tenant>`.
+/// Every `FROM` of a tenant table (events and their rollups) is followed
+/// by `WHERE tenant_id = <the parameter bound to the tenant>`.
 fn assert_tenant_scoped(s: &Statement) {
     let sql = s.sql.replace('"', "");
     let values: Vec<&sea_orm::Value> = s.values.iter().flat_map(|v| v.0.iter()).collect();
-    for table in ["events", "analytics_aggregates"] {
+    for table in TENANT_TABLES {
         let from = format!("FROM {table} ");
         for (at, _) in sql.match_indices(&from) {
             let rest = &sql[at + from.len()..];

@@ -99,18 +99,68 @@ async fn seed(db: &DatabaseConnection, tenant: Uuid) {
     ))
     .await
     .expect("seed rollups");
+    // Actor bitmaps (per type and over all types, both kinds) and numeric
+    // rollups of `amount` (alone and by `plan`) for the same hours; their
+    // contents do not matter to a plan.
+    let empty_bitmap = if backend == DbBackend::Postgres {
+        "'\\x00'::bytea"
+    } else {
+        "x'00'"
+    };
+    let kinds = "(SELECT 0 AS kind UNION ALL SELECT 1 AS kind) k";
+    let plans = "(SELECT 'free' AS v UNION ALL SELECT 'pro' UNION ALL SELECT 'team') p";
+    for insert in [
+        format!(
+            "INSERT INTO actor_bitmaps (tenant_id, kind, event_type, hour_start, bitmap) \
+             SELECT tenant_id, k.kind, event_type, hour_start, {empty_bitmap} \
+             FROM analytics_aggregates CROSS JOIN {kinds} WHERE tenant_id = {tenant_param}"
+        ),
+        format!(
+            "INSERT INTO actor_bitmaps (tenant_id, kind, event_type, hour_start, bitmap) \
+             SELECT DISTINCT tenant_id, k.kind, '', hour_start, {empty_bitmap} \
+             FROM analytics_aggregates CROSS JOIN {kinds} WHERE tenant_id = {tenant_param}"
+        ),
+        format!(
+            "INSERT INTO property_rollups \
+             (tenant_id, property, dimension, hour_start, event_type, value, n, s, lo, hi, skipped) \
+             SELECT tenant_id, 'amount', '', hour_start, event_type, '', event_count, 1, 1, 1, 0 \
+             FROM analytics_aggregates WHERE tenant_id = {tenant_param}"
+        ),
+        format!(
+            "INSERT INTO property_rollups \
+             (tenant_id, property, dimension, hour_start, event_type, value, n, s, lo, hi, skipped) \
+             SELECT tenant_id, 'amount', 'plan', hour_start, event_type, p.v, event_count, 1, 1, 1, 0 \
+             FROM analytics_aggregates CROSS JOIN {plans} WHERE tenant_id = {tenant_param}"
+        ),
+    ] {
+        db.execute_raw(Statement::from_sql_and_values(
+            backend,
+            insert,
+            [tenant.into()],
+        ))
+        .await
+        .expect("seed bitmaps and numeric rollups");
+    }
     if backend == DbBackend::Postgres {
-        db.execute_unprepared("ANALYZE events; ANALYZE analytics_aggregates")
-            .await
-            .expect("analyze");
+        db.execute_unprepared(
+            "ANALYZE events; ANALYZE analytics_aggregates; ANALYZE actor_bitmaps; ANALYZE property_rollups",
+        )
+        .await
+        .expect("analyze");
     }
 }
 
 /// Whether a statement reads a bounded span of time (every golden case but
-/// the unfiltered events listing, which a LIMIT bounds instead).
+/// the unfiltered events listing, which a LIMIT bounds instead, and the
+/// bitmaps' coverage check, one row per tenant).
 fn time_bounded(s: &Statement) -> bool {
-    s.sql.contains("occurred_at >=") || s.sql.contains("\"occurred_at\" >=")
+    s.sql.contains("occurred_at >=")
+        || s.sql.contains("\"occurred_at\" >=")
+        || s.sql.contains("hour_start >=")
 }
+
+/// The hourly rollup tables: read by index, bounded by `hour_start`.
+const ROLLUP_TABLES: [&str; 3] = ["analytics_aggregates", "actor_bitmaps", "property_rollups"];
 
 /// SQLite: the plan's lines, indented by depth.
 async fn sqlite_plan(db: &DatabaseConnection, s: &Statement) -> Vec<String> {
@@ -137,7 +187,7 @@ async fn sqlite_plan(db: &DatabaseConnection, s: &Statement) -> Vec<String> {
 fn check_sqlite(lines: &[String], s: &Statement, failures: &mut Vec<String>) {
     for line in lines {
         let line = line.trim();
-        for table in ["events", "analytics_aggregates"] {
+        for table in std::iter::once("events").chain(ROLLUP_TABLES) {
             if line.starts_with(&format!("SCAN {table}")) {
                 failures.push(format!(
                     "a scan of the tenant's whole history: {line}\n{}",
@@ -201,7 +251,7 @@ fn check_postgres(plan: &Value, s: &Statement, months: &(i32, i32), seen: &mut V
                 s.sql
             );
         }
-        if relation == "analytics_aggregates" {
+        if ROLLUP_TABLES.contains(&relation) {
             assert_ne!(node, "Seq Scan", "rollups scanned whole: {}", s.sql);
             let cond = plan["Index Cond"].as_str().unwrap_or_default();
             if node != "Bitmap Heap Scan" {

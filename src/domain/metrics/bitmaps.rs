@@ -19,11 +19,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use roaring::RoaringBitmap;
-use sea_orm::{DbBackend, DbErr, QueryResult};
+use sea_orm::{DbBackend, DbErr, QueryResult, Statement};
 
 use super::Snapshot;
 use super::plan::{Field, Measure, Plan};
-use super::raw::{Aggregates, GroupKey, Window, new_sql, rollup_hours, statement};
+use super::raw::{Aggregates, GroupKey, Sql, Window, new_sql, rollup_hours, statement};
 use super::time::{self, Granularity};
 use crate::domain::events::actors::{ALL_TYPES, Kind, hour_of};
 use crate::domain::events::query::{time_at, time_value};
@@ -58,6 +58,92 @@ type Cells = HashMap<(String, Option<NaiveDateTime>), RoaringBitmap>;
 /// One type's buckets and their actors.
 type Buckets = Vec<(Option<NaiveDateTime>, RoaringBitmap)>;
 
+/// The statements the bitmaps answer an eligible `plan` with, in order
+/// (the golden tests pin them): the coverage check, the whole hours'
+/// bitmaps, and the raw events of the partial hours at each end. (The
+/// edge actors' numbers are looked up by name after those.)
+pub fn statements(backend: DbBackend, plan: &Plan, tenant: uuid::Uuid) -> Vec<Statement> {
+    let Some((kind, window)) = window(plan) else {
+        return Vec::new();
+    };
+    let mut out = vec![
+        coverage_statement(backend, tenant),
+        bitmaps_statement(backend, plan, tenant, kind, window),
+    ];
+    out.extend(edges(plan, window).map(|span| edge_statement(backend, plan, tenant, kind, span)));
+    out
+}
+
+/// The partial hours at the range's ends, `[from, first whole hour)` and
+/// `[end of the last whole hour, to)`, where not empty.
+fn edges(plan: &Plan, (start, end): Window) -> impl Iterator<Item = Window> + use<> {
+    [(plan.from, start), (end, plan.to)]
+        .into_iter()
+        .filter(|(from, to)| from < to)
+}
+
+/// ` AND {column} IN (…)` for the plan's event types, or nothing.
+fn types(sql: &mut Sql, plan: &Plan, column: &str) -> String {
+    if plan.event_types.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = plan
+        .event_types
+        .iter()
+        .map(|t| sql.bind(t.clone()))
+        .collect();
+    format!(" AND {column} IN ({})", list.join(", "))
+}
+
+/// The whole hours' bitmaps. Without a type filter or grouping, the rows
+/// over all types (one per hour); grouped by type, every type's but those.
+fn bitmaps_statement(
+    backend: DbBackend,
+    plan: &Plan,
+    tenant: uuid::Uuid,
+    kind: Kind,
+    (start, end): Window,
+) -> Statement {
+    let mut sql = new_sql(backend);
+    let text = format!(
+        "SELECT event_type, hour_start, bitmap FROM actor_bitmaps WHERE tenant_id = {} AND kind = {} \
+         AND hour_start >= {} AND hour_start < {}",
+        sql.bind(tenant),
+        sql.bind(kind.code()),
+        sql.bind(time_value(backend, start)),
+        sql.bind(time_value(backend, end)),
+    );
+    let rows = if !plan.event_types.is_empty() {
+        types(&mut sql, plan, "event_type")
+    } else if plan.group_by.is_empty() {
+        format!(" AND event_type = {}", sql.bind(ALL_TYPES.to_owned()))
+    } else {
+        format!(" AND event_type <> {}", sql.bind(ALL_TYPES.to_owned()))
+    };
+    statement(sql, text + &rows)
+}
+
+/// The distinct (type, actor) pairs of a partial hour's raw events.
+fn edge_statement(
+    backend: DbBackend,
+    plan: &Plan,
+    tenant: uuid::Uuid,
+    kind: Kind,
+    (from, to): Window,
+) -> Statement {
+    let col = column(kind);
+    let mut sql = new_sql(backend);
+    let text = format!(
+        "SELECT type, {col} FROM events WHERE tenant_id = {} AND occurred_at >= {} \
+         AND occurred_at < {} AND {col} IS NOT NULL{} GROUP BY type, {col}",
+        sql.bind(tenant),
+        sql.bind(time_value(backend, from)),
+        sql.bind(time_value(backend, to)),
+        types(&mut sql, plan, "type"),
+    );
+    statement(sql, text)
+}
+
 /// The plan's answer from the bitmaps, or `None` when they do not cover
 /// it (then the caller answers from raw events).
 pub async fn aggregate(
@@ -65,7 +151,7 @@ pub async fn aggregate(
     plan: &Plan,
     tenant: uuid::Uuid,
     kind: Kind,
-    (start, end): Window,
+    window: Window,
 ) -> Result<Option<Aggregates>, DbErr> {
     let backend = s.backend();
     if !covered(s, tenant, plan.from).await? {
@@ -75,39 +161,11 @@ pub async fn aggregate(
         plan.granularity
             .map(|g| time::truncate(g, time::local(plan.tz, hour)))
     };
-    let types = |sql: &mut super::raw::Sql| {
-        if plan.event_types.is_empty() {
-            return String::new();
-        }
-        let list: Vec<String> = plan
-            .event_types
-            .iter()
-            .map(|t| sql.bind(t.clone()))
-            .collect();
-        format!(" AND {{type}} IN ({})", list.join(", "))
-    };
     let mut cells = Cells::new();
 
-    // Whole hours: the bitmaps. Without a type filter or grouping, the
-    // rows over all types (one per hour); grouped by type, every type's
-    // but those.
-    let mut sql = new_sql(backend);
-    let rows = if !plan.event_types.is_empty() {
-        types(&mut sql).replace("{type}", "event_type")
-    } else if plan.group_by.is_empty() {
-        format!(" AND event_type = {}", sql.bind(ALL_TYPES.to_owned()))
-    } else {
-        format!(" AND event_type <> {}", sql.bind(ALL_TYPES.to_owned()))
-    };
-    let text = format!(
-        "SELECT event_type, hour_start, bitmap FROM actor_bitmaps WHERE tenant_id = {} AND kind = {} \
-         AND hour_start >= {} AND hour_start < {}{rows}",
-        sql.bind(tenant),
-        sql.bind(kind.code()),
-        sql.bind(time_value(backend, start)),
-        sql.bind(time_value(backend, end)),
-    );
-    for row in s.query_all(statement(sql, text)).await? {
+    // Whole hours: the bitmaps.
+    let stmt = bitmaps_statement(backend, plan, tenant, kind, window);
+    for row in s.query_all(stmt).await? {
         let event_type: String = row.try_get_by_index(0)?;
         let hour = time_at(backend, &row, 1)?;
         let bytes: Vec<u8> = row.try_get_by_index(2)?;
@@ -118,22 +176,10 @@ pub async fn aggregate(
 
     // Partial hours at the ends: raw events, their actors by number.
     let mut edge_actors: Vec<(String, Option<NaiveDateTime>, String)> = Vec::new();
-    for (from, to) in [(plan.from, start), (end, plan.to)] {
-        if from >= to {
-            continue;
-        }
-        let col = column(kind);
-        let mut sql = new_sql(backend);
-        let text = format!(
-            "SELECT type, {col} FROM events WHERE tenant_id = {} AND occurred_at >= {} \
-             AND occurred_at < {} AND {col} IS NOT NULL{} GROUP BY type, {col}",
-            sql.bind(tenant),
-            sql.bind(time_value(backend, from)),
-            sql.bind(time_value(backend, to)),
-            types(&mut sql).replace("{type}", "type"),
-        );
-        let bucket = bucket_of(hour_of(from));
-        for row in s.query_all(statement(sql, text)).await? {
+    for span in edges(plan, window) {
+        let bucket = bucket_of(hour_of(span.0));
+        let stmt = edge_statement(backend, plan, tenant, kind, span);
+        for row in s.query_all(stmt).await? {
             edge_actors.push((row.try_get_by_index(0)?, bucket, row.try_get_by_index(1)?));
         }
     }
@@ -157,6 +203,15 @@ pub async fn aggregate(
     Ok(Some(assemble(plan, cells)))
 }
 
+fn coverage_statement(backend: DbBackend, tenant: uuid::Uuid) -> Statement {
+    let mut sql = new_sql(backend);
+    let text = format!(
+        "SELECT raw_before FROM actor_coverage WHERE tenant_id = {}",
+        sql.bind(tenant)
+    );
+    statement(sql, text)
+}
+
 /// Whether the tenant's bitmaps cover every hour from `from`'s on: no
 /// `actor_coverage` row, or one whose raw-only hours end by then.
 pub(super) async fn covered(
@@ -165,15 +220,12 @@ pub(super) async fn covered(
     from: DateTime<Utc>,
 ) -> Result<bool, DbErr> {
     let backend = s.backend();
-    let mut sql = new_sql(backend);
-    let text = format!(
-        "SELECT raw_before FROM actor_coverage WHERE tenant_id = {}",
-        sql.bind(tenant)
-    );
-    Ok(match s.query_one(statement(sql, text)).await? {
-        Some(row) => time_at(backend, &row, 0)? <= hour_of(from),
-        None => true,
-    })
+    Ok(
+        match s.query_one(coverage_statement(backend, tenant)).await? {
+            Some(row) => time_at(backend, &row, 0)? <= hour_of(from),
+            None => true,
+        },
+    )
 }
 
 /// Rows per lookup by actor or by number.
