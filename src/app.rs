@@ -24,7 +24,7 @@ use crate::domain::metrics::gate::TenantGate;
 use crate::domain::metrics::{self, budget::Budgets};
 use crate::domain::persisted::OperationSets;
 use crate::realtime::Bus;
-use crate::telemetry::Metrics;
+use crate::telemetry::Telemetry;
 use crate::{db, graphql, http, jobs};
 
 /// Everything a request may need, built once; cheap to clone.
@@ -41,7 +41,7 @@ pub struct App {
     pub documents: crate::graphql::Documents,
     /// Tokens verified in the last second.
     pub tokens: crate::domain::auth::VerifiedTokens,
-    pub metrics: Arc<Metrics>,
+    pub telemetry: Arc<Telemetry>,
     /// In-process, or Redis pub/sub when Redis is configured.
     pub bus: Bus,
     /// The hot-metric cache: in-process, or Redis with a local tier.
@@ -95,12 +95,14 @@ impl App {
 impl AppState {
     /// Connects to the database (and Redis) and applies migrations.
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
-        let metrics = Arc::new(Metrics::with_operation_cap(config.metrics.max_operations));
+        let telemetry = Arc::new(Telemetry::with_operation_cap(
+            config.prometheus.max_operations,
+        ));
         let db = db::connect(
             &config.database,
             db::PoolCounters {
-                stale: metrics.db_stale_transactions.clone(),
-                statements: metrics.db_statements.clone(),
+                stale: telemetry.db_stale_transactions.clone(),
+                statements: telemetry.db_statements.clone(),
             },
         )
         .await
@@ -112,17 +114,17 @@ impl AppState {
                 (
                     Some(conn.clone()),
                     Bus::redis(client, conn.clone()),
-                    HotCache::redis(conn.clone(), metrics.cache.clone()),
-                    RateLimiter::redis(conn.clone(), metrics.rates.clone()),
-                    PersistedQueries::redis(conn, metrics.persisted.clone()),
+                    HotCache::redis(conn.clone(), telemetry.cache.clone()),
+                    RateLimiter::redis(conn.clone(), telemetry.rates.clone()),
+                    PersistedQueries::redis(conn, telemetry.persisted.clone()),
                 )
             }
             None => (
                 None,
                 Bus::memory(),
-                HotCache::memory(metrics.cache.clone()),
-                RateLimiter::memory(metrics.rates.clone()),
-                PersistedQueries::memory(metrics.persisted.clone()),
+                HotCache::memory(telemetry.cache.clone()),
+                RateLimiter::memory(telemetry.rates.clone()),
+                PersistedQueries::memory(telemetry.persisted.clone()),
             ),
         };
         let event_store = Arc::new(Store::new(db.clone()));
@@ -142,7 +144,7 @@ impl AppState {
             event_store.clone(),
             bus.clone(),
             cache.clone(),
-            metrics.clone(),
+            telemetry.clone(),
         );
         let (secret, dev_secret) =
             jwt::resolve_secret(&config.jwt).context("cannot read or create the dev JWT secret")?;
@@ -158,12 +160,12 @@ impl AppState {
             // cache. The ingestion writer bumps its counters either way, so
             // ingest costs the same with both settings.
             cache: config.hot_cache.then(|| cache.clone()),
-            flights: Flights::new(metrics.flights.clone()),
+            flights: Flights::new(telemetry.flights.clone()),
             answers: metrics::cached::answers(),
             prepared: metrics::cached::prepared_set(),
             budgets: Budgets {
                 limiter: limiter.clone(),
-                counters: metrics.budget_counters(),
+                counters: telemetry.budget_counters(),
             },
         };
         let analytics_gate = Arc::new(TenantGate::new(
@@ -178,7 +180,7 @@ impl AppState {
                 gate: analytics_gate.clone(),
                 query_timeout: config.query_timeout,
                 max_span: config.analytics.max_range,
-                counters: metrics.live.clone(),
+                counters: telemetry.live.clone(),
             },
             config.live.clone(),
         );
@@ -192,7 +194,7 @@ impl AppState {
             keys,
             tokens: Default::default(),
             documents: Default::default(),
-            metrics,
+            telemetry,
             bus,
             cache,
             limiter,

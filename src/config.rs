@@ -37,7 +37,7 @@ pub struct Config {
     /// What one tenant's analytic queries may ask for at once.
     pub analytics: AnalyticsLimits,
     /// `/metrics`: who may scrape it and how many operation names it shows.
-    pub metrics: MetricsConfig,
+    pub prometheus: PrometheusConfig,
     /// Whether `serve` seeds the demo tenants.
     pub demo: Demo,
     /// How long shutdown waits for in-flight requests before giving up.
@@ -204,7 +204,7 @@ pub struct Limits {
 }
 
 #[derive(Clone)]
-pub struct MetricsConfig {
+pub struct PrometheusConfig {
     /// `PULSE_METRICS_TOKEN`: when set, `/metrics` wants `Authorization:
     /// Bearer <it>`.
     pub token: Option<String>,
@@ -212,10 +212,10 @@ pub struct MetricsConfig {
     pub max_operations: usize,
 }
 
-impl std::fmt::Debug for MetricsConfig {
+impl std::fmt::Debug for PrometheusConfig {
     // The scrape token never reaches a log line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetricsConfig")
+        f.debug_struct("PrometheusConfig")
             .field("token", &self.token.as_ref().map(|_| "[redacted]"))
             .field("max_operations", &self.max_operations)
             .finish()
@@ -361,7 +361,7 @@ impl Config {
                 10_000,
                 1..=600_000,
             )?),
-            metrics: MetricsConfig {
+            prometheus: PrometheusConfig {
                 token: get("PULSE_METRICS_TOKEN"),
                 max_operations: number(
                     &get,

@@ -58,7 +58,7 @@ pub struct PoolLabels {
 
 /// Every metric Pulse exports. One registry per app, so tests that run
 /// several servers in one process see their own counts.
-pub struct Metrics {
+pub struct Telemetry {
     registry: Registry,
     pub graphql_requests: Family<OperationLabels, Counter>,
     pub graphql_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
@@ -118,7 +118,7 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
-impl Metrics {
+impl Telemetry {
     pub fn new() -> Self {
         Self::with_operation_cap(DEFAULT_OPERATION_NAMES)
     }
@@ -357,7 +357,7 @@ impl Metrics {
         ] {
             registry.register(name, help, family.clone());
         }
-        Metrics {
+        Telemetry {
             alerts,
             live,
             persisted,
@@ -414,7 +414,7 @@ impl Metrics {
     }
 }
 
-impl Default for Metrics {
+impl Default for Telemetry {
     fn default() -> Self {
         Self::new()
     }

@@ -902,7 +902,7 @@ async fn cancelled_requests_never_leave_a_pooled_connection_inside_a_transaction
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     assert_eq!(
-        app.state.metrics.db_stale_transactions.get(),
+        app.state.telemetry.db_stale_transactions.get(),
         0,
         "seed {seed}"
     );

@@ -103,7 +103,7 @@ async fn an_unchanged_result_sends_nothing_and_other_types_do_not_wake_the_watch
                     "filters": [{ "field": "properties.plan", "op": "EQ", "value": "pro" }] });
     ws.subscribe("q", METRIC, json!({ "q": q })).await;
     assert_eq!(update(&ws.next_payload("q").await), (1, 0.0));
-    let recomputed = || app.state.metrics.live.recomputations.get();
+    let recomputed = || app.state.telemetry.live.recomputations.get();
     let before = recomputed();
     app.ingest_ok(
         &editor,
@@ -495,8 +495,8 @@ async fn without_redis_watchers_recompute_periodically_and_recover_when_it_retur
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(*two.state.bus.health().borrow(), "the relay came back");
-    let before = two.state.metrics.live.recomputations.get();
+    let before = two.state.telemetry.live.recomputations.get();
     one.ingest_ok(&editor, json!([ev("signup")])).await;
     assert_eq!(update(&ws.next_payload("1").await), (3, 2.0));
-    assert!(two.state.metrics.live.recomputations.get() > before);
+    assert!(two.state.telemetry.live.recomputations.get() > before);
 }

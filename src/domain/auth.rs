@@ -162,7 +162,7 @@ impl VerifiedTokens {
 
 /// A signed-in user and their token.
 #[derive(Debug)]
-pub struct Session {
+pub struct SignedIn {
     pub token: String,
     pub user: user::Model,
 }
@@ -177,7 +177,7 @@ pub async fn login(
     tenant_slug: &str,
     email: &str,
     password_attempt: String,
-) -> AppResult<Session> {
+) -> AppResult<SignedIn> {
     let rejected = || AppError::Unauthenticated("invalid tenant, email or password".into());
     let tenant = tenant_by_slug(db, tenant_slug).await?;
     let user = match &tenant {
@@ -241,7 +241,7 @@ pub async fn login(
             LOGIN_TOKEN_TTL,
         )
         .map_err(AppError::internal)?;
-    Ok(Session {
+    Ok(SignedIn {
         token,
         user: updated,
     })

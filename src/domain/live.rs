@@ -724,7 +724,7 @@ mod tests {
         use futures_util::StreamExt as _;
         let bus = Bus::memory();
         let db = sea_orm::DatabaseConnection::default();
-        let m = crate::telemetry::Metrics::new();
+        let m = crate::telemetry::Telemetry::new();
         let services = metrics::Services {
             cache: None,
             flights: crate::cache::flight::Flights::new(m.flights.clone()),

@@ -371,7 +371,7 @@ fn log_query(
     skipped_values: u64,
     cache: Option<metrics::cached::CacheUse>,
 ) {
-    app.metrics.record_query(source.as_str(), db_time);
+    app.telemetry.record_query(source.as_str(), db_time);
     if let Some(log) = ctx.data_opt::<QueryLog>() {
         log.push(Provenance {
             path: ctx.path_node.map(|p| p.to_string()).unwrap_or_default(),

@@ -202,7 +202,7 @@ pub(super) async fn gate(ctx: &ExtensionContext<'_>, request: &Request) -> Serve
             .await
             .map_err(|e| Refused::new(&e).0)?;
         if !allowed {
-            app.metrics.persisted.count("not_in_list");
+            app.telemetry.persisted.count("not_in_list");
             return Err(Refused::new(&not_in_list(caller)).0);
         }
     }

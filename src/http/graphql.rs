@@ -100,7 +100,7 @@ async fn execute(
     meta: RequestMeta,
 ) -> (BatchResponse, bool) {
     let authenticated = matches!(caller, Caller::Authenticated(_));
-    let names = &state.app.metrics.operation_names;
+    let names = &state.app.telemetry.operation_names;
     let operation = match &mut batch {
         BatchRequest::Single(r) => names.label(
             operation_name(r, &state.app.config.limits).as_deref(),
@@ -122,7 +122,7 @@ async fn execute(
                 .data(graphql::MeOnce::default()),
         )
         .await;
-    let metrics = &state.app.metrics;
+    let telemetry = &state.app.telemetry;
     let responses: Vec<&async_graphql::Response> = match &response {
         BatchResponse::Single(r) => vec![r],
         BatchResponse::Batch(rs) => rs.iter().collect(),
@@ -133,8 +133,8 @@ async fn execute(
         "error"
     };
     let labels = OperationLabels { operation, outcome };
-    metrics.graphql_requests.get_or_create(&labels).inc();
-    metrics
+    telemetry.graphql_requests.get_or_create(&labels).inc();
+    telemetry
         .graphql_duration
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
@@ -148,7 +148,7 @@ async fn execute(
                 _ => None,
             })
             .unwrap_or_else(|| "UNKNOWN".to_owned());
-        metrics
+        telemetry
             .graphql_errors
             .get_or_create(&CodeLabels { code })
             .inc();

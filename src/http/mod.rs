@@ -104,7 +104,7 @@ pub struct RequestId(pub String);
 const X_REQUEST_ID: &str = "x-request-id";
 
 pub fn router(app: AppState, schema: PulseSchema) -> Router {
-    let panics = app.metrics.panics.clone();
+    let panics = app.telemetry.panics.clone();
     let timeout = app.config.request_timeout;
     let state = HttpState { app, schema };
     let traced = Router::new()

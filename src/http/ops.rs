@@ -62,7 +62,7 @@ pub async fn readyz(State(state): State<HttpState>) -> Response {
 /// The Prometheus exposition; with `PULSE_METRICS_TOKEN` set, only for
 /// `Authorization: Bearer <that token>`.
 pub async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
-    if let Some(expected) = &state.app.config.metrics.token {
+    if let Some(expected) = &state.app.config.prometheus.token {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -88,7 +88,7 @@ pub async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Resp
             return response;
         }
     }
-    let m = &state.app.metrics;
+    let m = &state.app.telemetry;
     let (open, idle) = pool_stats(&state.app.db);
     let idle = idle as i64;
     m.db_pool

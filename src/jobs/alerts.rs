@@ -184,7 +184,7 @@ async fn evaluate_one(state: &AppState, ctx: Option<TenantCtx>, alert: Alert) ->
         Outcome::Error(_) => "error",
     };
     state
-        .metrics
+        .telemetry
         .alerts
         .evaluations
         .get_or_create(&[("outcome", outcome)])
@@ -199,7 +199,7 @@ async fn evaluate_one(state: &AppState, ctx: Option<TenantCtx>, alert: Alert) ->
         .await?;
     if let Recorded::Moved(transition) = recorded {
         state
-            .metrics
+            .telemetry
             .alerts
             .transitions
             .get_or_create(&[("to", next.state.as_str())])
@@ -263,7 +263,7 @@ pub async fn delivery_round(state: &AppState, sender: &Sender) -> AppResult<usiz
                 }
             };
             state
-                .metrics
+                .telemetry
                 .alerts
                 .deliveries
                 .get_or_create(&[("result", result)])

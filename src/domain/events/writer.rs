@@ -29,7 +29,7 @@ use super::{NewEvent, TailEvent};
 use crate::cache::{HotCache, Mark};
 use crate::error::{AppError, AppResult};
 use crate::realtime::{Bus, EventsCommitted, Topic};
-use crate::telemetry::Metrics;
+use crate::telemetry::Telemetry;
 
 /// What one request's batch came to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -71,7 +71,7 @@ struct Inner {
     /// `None` once closed.
     tx: std::sync::Mutex<Option<mpsc::UnboundedSender<Job>>>,
     space: Arc<Semaphore>,
-    metrics: Arc<Metrics>,
+    telemetry: Arc<Telemetry>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -82,7 +82,7 @@ impl Writer {
         store: Arc<Store>,
         bus: Bus,
         cache: HotCache,
-        metrics: Arc<Metrics>,
+        telemetry: Arc<Telemetry>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
@@ -93,7 +93,7 @@ impl Writer {
                     store: store.clone(),
                     bus: bus.clone(),
                     cache: cache.clone(),
-                    metrics: metrics.clone(),
+                    telemetry: telemetry.clone(),
                     max_group: config.max_group,
                 };
                 tokio::spawn(worker.run())
@@ -104,7 +104,7 @@ impl Writer {
                 space: Arc::new(Semaphore::new(config.queue_events)),
                 config,
                 tx: std::sync::Mutex::new(Some(tx)),
-                metrics,
+                telemetry,
                 tasks: Mutex::new(tasks),
             }),
         }
@@ -115,7 +115,7 @@ impl Writer {
     }
 
     pub fn record_rejected(&self, events: u64) {
-        self.inner.metrics.events_rejected.inc_by(events);
+        self.inner.telemetry.events_rejected.inc_by(events);
     }
 
     /// Queues a tenant's validated events and waits for their commit.
@@ -132,7 +132,7 @@ impl Writer {
         )
         .await
         .map_err(|_| {
-            inner.metrics.ingest_saturated.inc();
+            inner.telemetry.ingest_saturated.inc();
             AppError::Unavailable("ingestion is saturated; retry shortly".into())
         })?
         .map_err(|_| AppError::Unavailable("ingestion is shutting down".into()))?;
@@ -188,7 +188,7 @@ struct Worker {
     store: Arc<Store>,
     bus: Bus,
     cache: HotCache,
-    metrics: Arc<Metrics>,
+    telemetry: Arc<Telemetry>,
     max_group: usize,
 }
 
@@ -268,10 +268,12 @@ impl Worker {
         }
         let accepted: u64 = counts.iter().map(|c| c.accepted).sum();
         let duplicates: u64 = counts.iter().map(|c| c.duplicates).sum();
-        self.metrics.events_accepted.inc_by(accepted);
-        self.metrics.events_duplicate.inc_by(duplicates);
-        self.metrics.ingest_group_events.observe(rows.len() as f64);
-        self.metrics
+        self.telemetry.events_accepted.inc_by(accepted);
+        self.telemetry.events_duplicate.inc_by(duplicates);
+        self.telemetry
+            .ingest_group_events
+            .observe(rows.len() as f64);
+        self.telemetry
             .ingest_commit_seconds
             .observe(elapsed.as_secs_f64());
         // The cache's generations move before anyone hears "accepted": a
