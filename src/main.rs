@@ -25,6 +25,10 @@ use pulse::domain::{tenants, users};
 use pulse::entities::{tenant, user};
 use pulse::{db, graphql, telemetry};
 
+/// See `Cargo.toml` for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "pulse",
