@@ -23,7 +23,7 @@ use sea_orm::{DbBackend, DbErr, QueryResult, Statement};
 
 use super::Snapshot;
 use super::plan::{Field, Measure, Plan};
-use super::raw::{Aggregates, GroupKey, Sql, Window, new_sql, rollup_hours, statement};
+use super::raw::{Aggregates, GroupKey, Window, new_sql, rollup_hours, statement};
 use super::time::{self, Granularity};
 use crate::domain::events::actors::{ALL_TYPES, Kind, hour_of};
 use crate::domain::events::query::{time_at, time_value};
@@ -82,19 +82,6 @@ fn edges(plan: &Plan, (start, end): Window) -> impl Iterator<Item = Window> + us
         .filter(|(from, to)| from < to)
 }
 
-/// ` AND {column} IN (…)` for the plan's event types, or nothing.
-fn types(sql: &mut Sql, plan: &Plan, column: &str) -> String {
-    if plan.event_types.is_empty() {
-        return String::new();
-    }
-    let list: Vec<String> = plan
-        .event_types
-        .iter()
-        .map(|t| sql.bind(t.clone()))
-        .collect();
-    format!(" AND {column} IN ({})", list.join(", "))
-}
-
 /// The whole hours' bitmaps. Without a type filter or grouping, the rows
 /// over all types (one per hour); grouped by type, every type's but those.
 fn bitmaps_statement(
@@ -117,7 +104,7 @@ fn bitmaps_statement(
     // those rows serves only a query whose text says `event_type = ''`.
     debug_assert!(ALL_TYPES.is_empty());
     let rows = if !plan.event_types.is_empty() {
-        types(&mut sql, plan, "event_type")
+        sql.and_types_in(plan, "event_type")
     } else if plan.group_by.is_empty() {
         " AND event_type = ''".to_owned()
     } else {
@@ -142,7 +129,7 @@ fn edge_statement(
         sql.bind(tenant),
         sql.bind(time_value(backend, from)),
         sql.bind(time_value(backend, to)),
-        types(&mut sql, plan, "type"),
+        sql.and_types_in(plan, "type"),
     );
     statement(sql, text)
 }

@@ -102,22 +102,10 @@ pub async fn usable(
         sql.bind(n.dimension.clone()),
         sql.bind(time_value(backend, start)),
         sql.bind(time_value(backend, end)),
-        types(&mut sql, plan, "event_type"),
+        sql.and_types_in(plan, "event_type"),
         sql.bind(cap),
     );
     Ok(s.query_one(raw::statement(sql, text)).await?.is_none())
-}
-
-fn types(sql: &mut raw::Sql, plan: &Plan, column: &str) -> String {
-    if plan.event_types.is_empty() {
-        return String::new();
-    }
-    let list: Vec<String> = plan
-        .event_types
-        .iter()
-        .map(|t| sql.bind(t.clone()))
-        .collect();
-    format!(" AND {column} IN ({})", list.join(", "))
 }
 
 /// The cells statement ([`cells::statement`](super::cells::statement)'s
@@ -145,7 +133,7 @@ pub fn statement(backend: DbBackend, plan: &Plan, tenant: uuid::Uuid, n: &Numeri
         sql.bind(n.dimension.clone()),
         sql.bind(time_value(backend, start)),
         sql.bind(time_value(backend, end)),
-        types(&mut sql, plan, "event_type"),
+        sql.and_types_in(plan, "event_type"),
     );
     let g = raw::group_columns(plan);
     let edges: Vec<Window> = [(plan.from, start), (end, plan.to)]

@@ -73,6 +73,27 @@ impl Sql {
         }
     }
 
+    /// `{column} IN (…)` over the plan's event types, bound as parameters;
+    /// `None` when it names none.
+    pub(super) fn types_in(&mut self, plan: &Plan, column: &str) -> Option<String> {
+        if plan.event_types.is_empty() {
+            return None;
+        }
+        let list: Vec<String> = plan
+            .event_types
+            .iter()
+            .map(|t| self.bind(t.clone()))
+            .collect();
+        Some(format!("{column} IN ({})", list.join(", ")))
+    }
+
+    /// [`Sql::types_in`] as ` AND …`, or nothing.
+    pub(super) fn and_types_in(&mut self, plan: &Plan, column: &str) -> String {
+        self.types_in(plan, column)
+            .map(|c| format!(" AND {c}"))
+            .unwrap_or_default()
+    }
+
     pub(super) fn pg(&self) -> bool {
         self.backend == DbBackend::Postgres
     }
@@ -557,14 +578,7 @@ pub(super) fn inner(
         format!("hour_start >= {}", sql.bind(time_value(sql.backend, start))),
         format!("hour_start < {}", sql.bind(time_value(sql.backend, end))),
     ];
-    if !plan.event_types.is_empty() {
-        let types: Vec<String> = plan
-            .event_types
-            .iter()
-            .map(|t| sql.bind(t.clone()))
-            .collect();
-        wh.push(format!("event_type IN ({})", types.join(", ")));
-    }
+    wh.extend(sql.types_in(plan, "event_type"));
     let aggregates = format!(
         "SELECT {bucket} AS bucket{dims}, event_count AS v, 0 AS skip FROM analytics_aggregates WHERE {}",
         wh.join(" AND ")
@@ -615,14 +629,7 @@ fn raw_span(sql: &mut Sql, plan: &Plan, tenant: uuid::Uuid, (from, to): Window) 
         format!("occurred_at >= {}", sql.bind(time_value(sql.backend, from))),
         format!("occurred_at < {}", sql.bind(time_value(sql.backend, to))),
     ];
-    if !plan.event_types.is_empty() {
-        let types: Vec<String> = plan
-            .event_types
-            .iter()
-            .map(|t| sql.bind(t.clone()))
-            .collect();
-        wh.push(format!("type IN ({})", types.join(", ")));
-    }
+    wh.extend(sql.types_in(plan, "type"));
     for f in &plan.filters {
         wh.push(sql.filter(f));
     }
