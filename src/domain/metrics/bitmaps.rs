@@ -23,7 +23,7 @@ use sea_orm::{DbBackend, DbErr, QueryResult, Statement};
 
 use super::Snapshot;
 use super::plan::{Field, Measure, Plan};
-use super::raw::{Aggregates, GroupKey, Window, new_sql, rollup_hours, statement};
+use super::raw::{Aggregates, GroupKey, Window, edges, new_sql, rollup_hours, statement};
 use super::time::{self, Granularity};
 use crate::domain::events::actors::{ALL_TYPES, Kind, hour_of};
 use crate::domain::events::query::{time_at, time_value};
@@ -70,16 +70,12 @@ pub fn statements(backend: DbBackend, plan: &Plan, tenant: uuid::Uuid) -> Vec<St
         coverage_statement(backend, tenant),
         bitmaps_statement(backend, plan, tenant, kind, window),
     ];
-    out.extend(edges(plan, window).map(|span| edge_statement(backend, plan, tenant, kind, span)));
+    out.extend(
+        edges(plan, window)
+            .into_iter()
+            .map(|span| edge_statement(backend, plan, tenant, kind, span)),
+    );
     out
-}
-
-/// The partial hours at the range's ends, `[from, first whole hour)` and
-/// `[end of the last whole hour, to)`, where not empty.
-fn edges(plan: &Plan, (start, end): Window) -> impl Iterator<Item = Window> + use<> {
-    [(plan.from, start), (end, plan.to)]
-        .into_iter()
-        .filter(|(from, to)| from < to)
 }
 
 /// The whole hours' bitmaps. Without a type filter or grouping, the rows

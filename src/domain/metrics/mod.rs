@@ -124,7 +124,7 @@ impl Source {
 /// Whether a plan answered from whole hours reads raw events for partial
 /// hours at its ends.
 fn raw_edges(plan: &plan::Plan) -> bool {
-    raw::rollup_hours(plan).is_none_or(|(start, end)| plan.from < start || end < plan.to)
+    raw::rollup_hours(plan).is_none_or(|hours| !raw::edges(plan, hours).is_empty())
 }
 
 #[derive(Clone, Debug, PartialEq)]

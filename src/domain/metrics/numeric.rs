@@ -136,10 +136,7 @@ pub fn statement(backend: DbBackend, plan: &Plan, tenant: uuid::Uuid, n: &Numeri
         sql.and_types_in(plan, "event_type"),
     );
     let g = raw::group_columns(plan);
-    let edges: Vec<Window> = [(plan.from, start), (end, plan.to)]
-        .into_iter()
-        .filter(|(a, b)| a < b)
-        .collect();
+    let edges = raw::edges(plan, (start, end));
     let inner = if edges.is_empty() {
         rolled
     } else {

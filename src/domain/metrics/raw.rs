@@ -583,10 +583,7 @@ pub(super) fn inner(
         "SELECT {bucket} AS bucket{dims}, event_count AS v, 0 AS skip FROM analytics_aggregates WHERE {}",
         wh.join(" AND ")
     );
-    let edges: Vec<Window> = [(plan.from, start), (end, plan.to)]
-        .into_iter()
-        .filter(|(a, b)| a < b)
-        .collect();
+    let edges = edges(plan, (start, end));
     if edges.is_empty() {
         return aggregates;
     }
@@ -594,6 +591,16 @@ pub(super) fn inner(
         "{aggregates} UNION ALL {}",
         raw_inner(sql, plan, tenant, &edges)
     )
+}
+
+/// The partial hours at the range's ends around its whole hours
+/// `window`: `[from, first whole hour)` and `[end of the last, to)`, where
+/// not empty. Raw events answer them on every rollup path.
+pub(super) fn edges(plan: &Plan, (start, end): Window) -> Vec<Window> {
+    [(plan.from, start), (end, plan.to)]
+        .into_iter()
+        .filter(|(from, to)| from < to)
+        .collect()
 }
 
 /// One select per span, joined by UNION ALL: each is a range scan of the
